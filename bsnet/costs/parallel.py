@@ -1,0 +1,70 @@
+"""The paper's distributed cost: sequential steps when live nodes run on n parallel workers."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bsnet.costs.base import Cost
+from bsnet.supernet import SuperNetwork
+
+
+class ParallelCost(Cost):
+    """Number of sequential computation steps of a greedy schedule on `workers` parallel workers.
+
+    The schedule: at each step, up to `workers` live computing nodes whose live computing ancestors are all
+    done run at once, chosen in topological order. Nodes that compute nothing (sums, identities, ReLUs:
+    FlopCounterMode counts 0 FLOPs in them, unless the graph says otherwise) take no step; they pass their
+    inputs through. With `workers=None` (unlimited) the cost is the depth of the live graph counted in
+    computing nodes.
+    """
+
+    name = "parallel"
+    unit = "steps"
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+
+    def __call__(self, net: SuperNetwork, masks: torch.Tensor) -> torch.Tensor:
+        single = masks.dim() == 1
+        live = net.graph.live(masks.reshape(-1, net.num_gates)).numpy()
+        live_edges = net.graph.live_edges(masks.reshape(-1, net.num_gates)).numpy()
+        out = torch.tensor([float(self._steps(net, l, e)) for l, e in zip(live, live_edges)], dtype=torch.float64)
+        return out[0] if single else out
+
+    def _steps(self, net: SuperNetwork, live: np.ndarray, live_edges: np.ndarray) -> int:
+        g = net.graph
+        order = g.order
+        computes = [net.profile[n].steps for n in order]
+        edges = g.edges
+        # deps[i]: the nearest live computing ancestors of node i (through non-computing nodes).
+        deps: list[set[int]] = [set() for _ in order]
+        reach: list[set[int]] = [set() for _ in order]  # what a consumer of node i must wait for
+        preds: list[list[int]] = [[] for _ in order]
+        for e_i, e in enumerate(edges):
+            if live_edges[e_i]:
+                preds[g.index(e.dst)].append(g.index(e.src))
+        for i in range(len(order)):
+            if not live[i]:
+                continue
+            deps[i] = set().union(*(reach[p] for p in preds[i])) if preds[i] else set()
+            reach[i] = {i} if computes[i] else deps[i]
+        todo = [i for i in range(len(order)) if live[i] and computes[i]]
+        if self.workers is None:  # depth: longest chain of computing nodes
+            depth = [0] * len(order)
+            for i in todo:
+                depth[i] = 1 + max((depth[d] for d in deps[i]), default=0)
+            return max((depth[i] for i in todo), default=0)
+        done: set[int] = set()
+        steps = 0
+        while len(done) < len(todo):
+            ready = [i for i in todo if i not in done and deps[i] <= done][: self.workers]
+            done.update(ready)
+            steps += 1
+        return steps
+
+    def cheapest(self, net: SuperNetwork) -> tuple[float, torch.Tensor]:
+        # Any connected architecture contains an input→output path, and needs at least as many steps as
+        # that path has computing nodes: the shortest such path is a lower bound, reached by the path alone.
+        return net.graph.shortest_path([float(net.profile[n].steps) for n in net.graph.order])

@@ -1,0 +1,134 @@
+"""The ResNet Fabric: a CIFAR ResNet whose blocks, skips and cross-stage shortcut blocks are all gated.
+
+Three stages of `blocks` basic blocks (16/32/64 channels by default). Block n of stage b is an addition node
+`A-b_n` (sum then ReLU) fed by gated edges from:
+
+* `B-b_n`: the basic block (conv3x3-BN-ReLU-conv3x3-BN), strided at the first block of stages 1 and 2;
+* `S-b_n`: its skip, the identity or, where the shape changes, a 1x1 conv+BN projection;
+* `X-b_n_i`: cross-stage shortcut blocks from the previous stage, their sources chosen by the `shift`
+  letters: `s` the block mirrored in the previous stage, `l` one block later, `r` one block earlier (the
+  stage's input where that falls before the stage).
+
+Keeping every block and skip and no shortcut gives the plain ResNet-(6n+2); dropping a block while keeping
+its skip removes it, so ResNet-8/14/20/... are all sub-graphs (`resnet_mask`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bsnet.fabrics.cnf import conv_bn
+from bsnet.fabrics.registry import register_supernet
+from bsnet.graph import Graph
+from bsnet.supernet import SuperNetwork
+
+
+@dataclass
+class ResNetFabricConfig:
+    blocks: int = 3  # basic blocks per stage: 3 gives ResNet-20 as the full plain path
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    image_size: int = 32
+    in_channels: int = 3
+    num_classes: int = 10
+    shortcuts: bool = True  # cross-stage shortcut blocks
+    shift: str = "s"  # which shortcut sources: any of s, l, r
+
+
+class BasicBlock(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__(conv_bn(c_in, c_out, 3, stride=stride, relu=True), conv_bn(c_out, c_out, 3))
+
+
+class ClassifierHead(nn.Module):
+    """Global average pooling then a linear layer: `(B, C, H, W) -> (B, classes)`."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def shortcut_sources(stage: int, depth: int, blocks: int, shift: str) -> list[int]:
+    """Positions in the previous stage feeding shortcuts into block `depth` (-1: that stage's input)."""
+    sources = []
+    if "s" in shift:
+        sources.append(max(blocks - depth - 2, -1))
+    if "l" in shift and depth != 0:
+        sources.append(blocks - 1 - depth)
+    if "r" in shift and depth != blocks - 1:
+        sources.append(max(blocks - depth - 3, -1))
+    return sources
+
+
+@register_supernet("resnet_fabric", ResNetFabricConfig)
+def build_resnet_fabric(cfg: ResNetFabricConfig) -> SuperNetwork:
+    if cfg.blocks < 1:
+        raise ValueError(f"resnet_fabric needs at least one block per stage, got {cfg.blocks}")
+    if set(cfg.shift) - set("slr"):
+        raise ValueError(f"resnet_fabric shift letters are s, l and r, got {cfg.shift!r}")
+    stages = len(cfg.channels)
+    if cfg.image_size % (2 ** (stages - 1)):
+        raise ValueError(f"resnet_fabric halves the image {stages - 1} times: {cfg.image_size} does not divide")
+    g = Graph(input="input", output="out")
+    mods: dict[str, nn.Module] = {"input": conv_bn(cfg.in_channels, cfg.channels[0], 3, relu=True)}
+    g.add_node("input", pos=(0, 0))
+    # (node name, channels, spatial size) of every stage's input, and of each block's output.
+    stage_in: list[tuple[str, int, int]] = []
+    last, c_last, size_last = "input", cfg.channels[0], cfg.image_size
+    for b, c in enumerate(cfg.channels):
+        if b > 0:  # a named identity marks the stage's input, a source for the next stage's shortcuts
+            g.add_node(f"I-{b}", pos=(b * (cfg.blocks + 1), 0))
+            mods[f"I-{b}"] = nn.Identity()
+            g.add_edge(last, f"I-{b}")
+            last = f"I-{b}"
+        stage_in.append((last, c_last, size_last))
+        size = cfg.image_size // 2 ** b
+        adds = []
+        for n in range(cfg.blocks):
+            x0 = b * (cfg.blocks + 1) + n + 1
+            stride = size_last // size
+            add = f"A-{b}_{n}"
+            g.add_node(add, pos=(x0 + 0.5, 0))
+            mods[add] = nn.ReLU()
+            for name, module, y in ((f"B-{b}_{n}", BasicBlock(c_last, c, stride), 1),
+                                    (f"S-{b}_{n}", nn.Identity() if (c_last, stride) == (c, 1)
+                                     else conv_bn(c_last, c, 1, stride=stride), -1)):
+                g.add_node(name, pos=(x0, y))
+                mods[name] = module
+                g.add_edge(last, name)
+                g.add_edge(name, add, gate=name)
+            if cfg.shortcuts and b > 0:
+                for i, src in enumerate(shortcut_sources(b, n, cfg.blocks, cfg.shift)):
+                    src_name, src_c, src_size = stage_in[b - 1] if src < 0 else (prev_adds[src], cfg.channels[b - 1],
+                                                                                 size * 2)
+                    name = f"X-{b}_{n}_{i}"
+                    g.add_node(name, pos=(x0, 2 + i))
+                    mods[name] = BasicBlock(src_c, c, src_size // size)
+                    g.add_edge(src_name, name)
+                    g.add_edge(name, add, gate=name)
+            adds.append(add)
+            last, c_last, size_last = add, c, size
+        prev_adds = adds
+    g.add_node("out", pos=(stages * (cfg.blocks + 1), 0))
+    g.add_edge(last, "out")
+    mods["out"] = ClassifierHead(c_last, cfg.num_classes)
+    return SuperNetwork(g, mods, (cfg.in_channels, cfg.image_size, cfg.image_size))
+
+
+def resnet_mask(net: SuperNetwork, depth: int) -> torch.Tensor:
+    """The mask of the plain ResNet-`depth` (6k+2 layers, k blocks per stage) inside a resnet_fabric."""
+    blocks = net.config.get("blocks")
+    k, rest = divmod(depth - 2, 6)
+    if net.name != "resnet_fabric" or rest or not 1 <= k <= blocks:
+        raise ValueError(f"ResNet-{depth} is not a sub-graph of this fabric (blocks per stage: {blocks})")
+    mask = torch.zeros(net.num_gates)
+    for i, gname in enumerate(net.gate_names):
+        kind, pos = gname.split("-", 1)
+        n = int(pos.split("_")[1])
+        if kind == "S" or (kind == "B" and n < k):
+            mask[i] = 1.0
+    return mask

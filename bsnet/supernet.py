@@ -1,0 +1,188 @@
+"""SuperNetwork: a graph of modules run under an explicit architecture mask.
+
+Three ways to run it, chosen by the mask passed to `forward` (the mask is never stored on modules):
+
+* `mask` shaped `[G]`: one architecture for the whole batch; only live nodes are executed.
+* `mask` shaped `[B, G]`: one architecture per example, the reference code's mode: every node is
+  computed and each gated edge's output is multiplied by its gate.
+* `grouped=True` with `mask` shaped `[K, G]`: the batch is split into K groups (`torch.tensor_split`)
+  and each group runs only its own live sub-graph.
+
+A disconnected architecture (output unreachable) predicts from a zero input to the output node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+from operator import add
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bsnet.graph import Graph
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """What one node costs, measured once at the network's input shape with batch size 1."""
+
+    in_shape: tuple[int, ...]  # per example, after combining inputs
+    out_shape: tuple[int, ...]
+    flops: int  # FlopCounterMode's count (2 per multiply-add)
+    params: int
+    steps: bool  # takes a computation step when scheduled (ParallelCost)
+
+
+class SuperNetwork(nn.Module):
+    """A DAG of named modules whose gated edges an architecture mask switches on and off.
+
+    Args:
+        graph: the structure; frozen here.
+        modules: one module per node, keyed by node name. The input node's module gets the network's input.
+        input_shape: one example's input shape, e.g. `(3, 32, 32)`.
+        name: registry name (for rebuilding from an architecture file), if any.
+        config: the configuration the registry builds it from.
+        task: "classification" or "segmentation" (what the output means to the trainer).
+    """
+
+    def __init__(self, graph: Graph, modules: Mapping[str, nn.Module], input_shape: Sequence[int], *,
+                 name: str | None = None, config: Mapping[str, Any] | None = None,
+                 task: str = "classification") -> None:
+        super().__init__()
+        self.graph = graph.freeze()
+        missing = [n for n in self.graph.order if n not in modules]
+        extra = [n for n in modules if n not in self.graph.order]
+        if missing or extra:
+            raise ValueError(f"modules do not match the graph's nodes (missing {missing}, unknown {extra})")
+        self.blocks = nn.ModuleDict({n: modules[n] for n in self.graph.order})
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.name = name
+        self.config = dict(config or {})
+        self.task = task
+        # Per-node inputs, precomputed as (source name, gate index or None) for the forward loops.
+        self._inputs = {n: [(e.src, e.gate) for e in self.graph.in_edges(n)] for n in self.graph.order}
+        self.profile = self._measure()
+
+    # ---- description ----------------------------------------------------------------------------
+    @property
+    def num_gates(self) -> int:
+        return self.graph.num_gates
+
+    @property
+    def gate_names(self) -> list[str]:
+        return self.graph.gate_names
+
+    def full_mask(self) -> torch.Tensor:
+        return torch.ones(self.num_gates)
+
+    @torch.no_grad()
+    def _measure(self) -> dict[str, NodeProfile]:
+        """Shapes, FLOPs and parameters of every node, on one zero example of the input shape."""
+        was_training = self.training
+        self.eval()  # BatchNorm cannot take training statistics from one 1x1 example
+        try:
+            device = next((p.device for p in self.parameters()), torch.device("cpu"))
+            outs: dict[str, torch.Tensor] = {}
+            prof = {}
+            for n in self.graph.order:
+                if n == self.graph.input:
+                    h = torch.zeros(1, *self.input_shape, device=device)
+                else:
+                    ins = [outs[s] for s, _ in self._inputs[n]]
+                    if not ins:
+                        raise ValueError(f"node {n!r} has no inputs")
+                    h = self._combine(n, ins)
+                with FlopCounterMode(display=False) as counter:
+                    y = self.blocks[n](h)
+                outs[n] = y
+                flops = int(counter.get_total_flops())
+                params = sum(p.numel() for p in self.blocks[n].parameters())
+                steps = self.graph.node(n).steps
+                prof[n] = NodeProfile(tuple(h.shape[1:]), tuple(y.shape[1:]), flops, params,
+                                      bool(flops > 0) if steps is None else steps)
+            return prof
+        finally:
+            self.train(was_training)
+
+    def _combine(self, node: str, ins: list[torch.Tensor]) -> torch.Tensor:
+        if self.graph.node(node).combine == "concat":
+            return torch.cat(ins, dim=1)
+        return ins[0] if len(ins) == 1 else reduce(add, ins)
+
+    # ---- running --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, grouped: bool = False) -> torch.Tensor:
+        if mask is None:
+            mask = self.full_mask()
+        if mask.shape[-1] != self.num_gates:
+            raise ValueError(f"mask has {mask.shape[-1]} gates, the network has {self.num_gates}")
+        if grouped:
+            if mask.dim() != 2 or mask.shape[0] > x.shape[0]:
+                raise ValueError("grouped mode takes masks shaped [K, num_gates] with K <= batch size")
+            chunks = torch.tensor_split(x, mask.shape[0])
+            return torch.cat([self._forward_live(c, m) for c, m in zip(chunks, mask)])
+        if mask.dim() == 1:
+            return self._forward_live(x, mask)
+        if mask.dim() == 2 and mask.shape[0] == x.shape[0]:
+            return self._forward_masked(x, mask)
+        raise ValueError(f"mask must be [num_gates] or [batch, num_gates], got {tuple(mask.shape)}")
+
+    def _forward_live(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Execute only the live sub-graph of one architecture."""
+        live_t = self.graph.live(mask)
+        live = dict(zip(self.graph.order, live_t.tolist()))
+        gates = (mask > 0.5).tolist()
+        out_node = self.graph.output
+        if not live[out_node]:
+            return self._disconnected(x)
+        outs: dict[str, torch.Tensor] = {}
+        for n in self.graph.order:
+            if not live[n]:
+                continue
+            if n == self.graph.input:
+                h = x
+            else:
+                ins = [outs[s] for s, g in self._inputs[n] if live[s] and (g is None or gates[g])]
+                if self.graph.node(n).combine == "concat":
+                    ins = self._zero_fill(n, ins, live, gates, x)
+                h = self._combine(n, ins)
+            outs[n] = self.blocks[n](h)
+        return outs[out_node]
+
+    def _zero_fill(self, n: str, ins: list[torch.Tensor], live: dict[str, bool], gates: list[bool],
+                   x: torch.Tensor) -> list[torch.Tensor]:
+        # A concatenation keeps its channel layout when an input is dropped: the missing part is zeros.
+        full, it = [], iter(ins)
+        for s, g in self._inputs[n]:
+            if live[s] and (g is None or gates[g]):
+                full.append(next(it))
+            else:
+                full.append(x.new_zeros(x.shape[0], *self.profile[s].out_shape))
+        return full
+
+    def _disconnected(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.graph.output
+        return self.blocks[out](x.new_zeros(x.shape[0], *self.profile[out].in_shape))
+
+    def _forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The reference code's mode: every node computed, gated outputs multiplied per example."""
+        b = x.shape[0]
+        mask = mask.to(x.dtype)
+        connected = self.graph.connected(mask).to(device=x.device, dtype=x.dtype)
+        outs: dict[str, torch.Tensor] = {}
+        for n in self.graph.order:
+            if n == self.graph.input:
+                h = x
+            else:
+                ins = []
+                for s, g in self._inputs[n]:
+                    y = outs[s]
+                    if g is not None:
+                        y = y * mask[:, g].view(b, *([1] * (y.dim() - 1)))
+                    ins.append(y)
+                h = self._combine(n, ins)
+                if n == self.graph.output:  # disconnected examples predict from zeros, as the live mode
+                    h = h * connected.view(b, *([1] * (h.dim() - 1)))
+            outs[n] = self.blocks[n](h)
+        return outs[self.graph.output]

@@ -1,0 +1,132 @@
+"""Cost models against hand-worked examples and against FlopCounterMode."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bsnet import FlopsCost, FunctionCost, Graph, LatencyCost, ParallelCost, ParamsCost, SuperNetwork
+from tests.conftest import diamond
+
+
+def test_flops_and_params_by_hand_on_a_diamond():
+    net = diamond()
+    flops, params = FlopsCost(), ParamsCost()
+    lin = 2 * 4 * 4  # 2 FLOPs per multiply-add
+    masks = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    assert flops(net, masks).tolist() == [lin * 2 + 2 * 4 * 2, lin + 16, lin + 16, 0]
+    # a: 16 weights + 4 biases; b: 16 weights; out: 8 + 2.
+    assert params(net, masks).tolist() == [20 + 16 + 10, 20 + 10, 16 + 10, 0]
+    assert flops(net, masks[1]).item() == lin + 16  # one mask gives a scalar
+
+
+def chain_graph(widths: dict[str, int], edges: list[tuple[str, str, str | None]]) -> SuperNetwork:
+    """A graph of Linear(4, 4) nodes ('+' names are pure sums) for scheduling examples."""
+    g = Graph(input="in", output="out")
+    for n in widths:
+        g.add_node(n)
+    for s, d, gate in edges:
+        g.add_edge(s, d, gate=gate)
+    mods = {n: (nn.Identity() if n.startswith("+") else nn.Linear(4, 4)) for n in widths}
+    return SuperNetwork(g, mods, (4,))
+
+
+def fan() -> SuperNetwork:
+    # in -> {a, b, c} (gated) -> + -> d -> out; a second path a -> e -> + (gated).
+    names = {n: 4 for n in ("in", "a", "b", "c", "e", "+", "d", "out")}
+    edges = [("in", "a", None), ("in", "b", None), ("in", "c", None), ("a", "e", None),
+             ("a", "+", "a"), ("b", "+", "b"), ("c", "+", "c"), ("e", "+", "e"), ("+", "d", None), ("d", "out", None)]
+    return chain_graph(names, edges)
+
+
+@pytest.mark.parametrize("workers, expected", [
+    # all gates: computing nodes in, a, b, c, e, d, out. Depth: in, a, e, d, out = 5.
+    (None, [5, 4, 5]),
+    # one worker: one node a step: 7 nodes; without e and c: 5; with only e (a is then live through e): 5.
+    (1, [7, 5, 5]),
+    # two workers: in | a b | c e | d | out = 5; {in,a,b,d,out}: in | a b | d | out = 4; in | a | e | d | out = 5.
+    (2, [5, 4, 5]),
+])
+def test_parallel_steps_by_hand(workers, expected):
+    net = fan()
+    masks = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 1]])  # gates a, b, c, e
+    assert ParallelCost(workers)(net, masks).tolist() == expected
+
+
+def test_pure_sums_take_no_step_and_disconnected_costs_nothing():
+    net = fan()
+    assert net.profile["+"].steps is False and net.profile["d"].steps is True
+    assert ParallelCost()(net, torch.zeros(4)).item() == 0
+
+
+@pytest.mark.parametrize("cost", [FlopsCost(), ParamsCost(), ParallelCost(), ParallelCost(2)])
+def test_cheapest_connected_architecture(small_net, cost):
+    bound, mask = cost.cheapest(small_net)
+    assert small_net.graph.connected(mask)
+    assert float(cost(small_net, mask)) == pytest.approx(bound)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.bernoulli(torch.full((64, small_net.num_gates), 0.5), generator=g)
+    costs = cost(small_net, masks)[small_net.graph.connected(masks)]
+    assert (costs >= bound - 1e-9).all()
+
+
+def test_flops_cost_equals_flop_counter_on_the_forward_pass(small_net):
+    net = small_net.eval()
+    g = torch.Generator().manual_seed(2)
+    checked = 0
+    for mask in torch.bernoulli(torch.full((20, net.num_gates), 0.7), generator=g):
+        if not net.graph.connected(mask):
+            continue
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.randn(1, *net.input_shape), mask)
+        assert float(FlopsCost()(net, mask)) == pytest.approx(counter.get_total_flops(), rel=0.01)
+        checked += 1
+    assert checked >= 5
+
+
+def test_cost_is_exactly_vectorised(small_net):
+    g = torch.Generator().manual_seed(4)
+    masks = torch.bernoulli(torch.full((9, small_net.num_gates), 0.6), generator=g)
+    for cost in (FlopsCost(), ParamsCost(), ParallelCost(3)):
+        assert cost(small_net, masks).tolist() == [cost(small_net, m).item() for m in masks]
+
+
+def test_a_users_own_cost_from_a_function(small_net):
+    energy = {n: float(i) for i, n in enumerate(small_net.graph.order)}  # a per-node table, say in joules
+    cost = FunctionCost(lambda net, live: live.double() @ torch.tensor([energy[n] for n in net.graph.order], dtype=torch.float64),
+                        name="energy", unit="J")
+    full = small_net.full_mask()
+    assert cost(small_net, full).item() == pytest.approx(sum(energy.values()))
+    assert cost(small_net, torch.zeros(small_net.num_gates)).item() == 0
+
+
+def test_latency_cost_sums_the_measured_nodes(tmp_path, small_net):
+    table = LatencyCost(cache=False, min_run_time=0.001)
+    full = small_net.full_mask()
+    per_node = table.node_costs(small_net)
+    assert (per_node > 0).all()
+    assert table(small_net, full).item() == pytest.approx(per_node.sum().item())
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(table.table))
+    again = LatencyCost.from_table(path)
+    masks = torch.bernoulli(torch.full((5, small_net.num_gates), 0.7), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again(small_net, masks), table(small_net, masks))
+
+
+def test_latency_cache_measures_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    net = diamond()
+    first = LatencyCost(min_run_time=0.001).node_costs(net)
+    assert len(list((tmp_path / "bsnet" / "latency").glob("*.json"))) == 1
+    second = LatencyCost(min_run_time=0.001).node_costs(net)  # read from the cache: identical numbers
+    assert torch.equal(first, second)
+
+
+def test_latency_table_of_another_network_is_refused(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"nodes": {"x": 1.0}, "fingerprint": "0"}))
+    with pytest.raises(ValueError, match="another super network"):
+        LatencyCost.from_table(path)(diamond(), torch.ones(2))
