@@ -206,26 +206,30 @@ class Graph:
         t = torch.from_numpy(out)
         return t[0] if single else t
 
-    def shortest_path(self, node_cost: Sequence[float]) -> tuple[float, torch.Tensor]:
-        """Cheapest input→output path for non-negative per-node costs: its cost and the mask keeping it.
+    def shortest_path(self, node_cost: Sequence[float] | None = None,
+                      gate_cost: Sequence[float] | None = None) -> tuple[float, torch.Tensor]:
+        """Cheapest input→output path for non-negative node and gate costs: its cost and the mask keeping it.
 
-        Every connected architecture contains such a path with all its nodes live, so the path's cost is a
-        lower bound of any connected architecture's (additive) cost, reached by the returned mask unless
-        fixed edges pull other nodes in.
+        Every connected architecture contains such a path with all its nodes live, so for additive costs the
+        path's cost is a lower bound of any connected architecture's cost, reached by the returned mask
+        unless fixed edges pull other nodes in. With `gate_cost` (the price of keeping each gate) it finds
+        the cheapest set of gates to add to connect an architecture.
         """
         n = self.num_nodes
+        node_cost = np.zeros(n) if node_cost is None else np.asarray(node_cost, dtype=np.float64)
+        gate_cost = np.zeros(self.num_gates) if gate_cost is None else np.asarray(gate_cost, dtype=np.float64)
         best = np.full(n, np.inf)
         via = np.full(n, -1, dtype=np.int64)
         best[self._index[self.input]] = node_cost[self._index[self.input]]
-        for i, e in enumerate(self._edges):
-            s, d = self._src_idx[i], self._dst_idx[i]
-            c = best[s] + node_cost[d]
+        for i in range(len(self._edges)):  # edges sorted by destination: a single relaxation pass suffices
+            s, d, g = self._src_idx[i], self._dst_idx[i], self._edge_gate[i]
+            c = best[s] + node_cost[d] + (gate_cost[g] if g >= 0 else 0.0)
             if c < best[d]:
                 best[d], via[d] = c, i
         out = self._index[self.output]
-        mask = torch.zeros(self.num_gates)
         if not np.isfinite(best[out]):
             raise ValueError("the output cannot be reached from the input")
+        mask = torch.zeros(self.num_gates)
         d = out
         while via[d] >= 0:
             g = self._edge_gate[via[d]]

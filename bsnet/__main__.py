@@ -1,0 +1,3 @@
+from bsnet.cli import main
+
+raise SystemExit(main())

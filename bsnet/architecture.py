@@ -1,0 +1,54 @@
+"""Architecture: the found network as data (`architecture.json`), enough to rebuild it without gates."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Architecture:
+    supernet: str | None
+    supernet_config: dict[str, Any]
+    gates: dict[str, float]  # gate name -> final probability of keeping it
+    kept: list[str]  # the gates the found architecture keeps (its live edges)
+    projected: bool = False
+    dropped: list[str] = field(default_factory=list)  # gates dropped by the projection onto the budgets
+    cost: dict[str, float] = field(default_factory=dict)  # per example, absolute units
+    budget: dict[str, float] = field(default_factory=dict)
+    full_cost: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    bsnet_version: str = ""
+
+    def mask(self, gate_names: list[str]) -> torch.Tensor:
+        """The mask over `gate_names` (a super network's gates) that keeps exactly `kept`."""
+        unknown = set(self.kept) - set(gate_names)
+        if unknown:
+            raise ValueError(f"the architecture keeps gates this super network does not have: {sorted(unknown)[:5]}")
+        kept = set(self.kept)
+        return torch.tensor([1.0 if g in kept else 0.0 for g in gate_names])
+
+    def to_json(self, path: str | Path) -> None:
+        from bsnet.runs import atomic_write_text
+        atomic_write_text(Path(path), json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Architecture":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "architecture.json"
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read architecture file {path}: {e}") from None
+        version = doc.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {version}; this bsnet reads version {FORMAT_VERSION}")
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in doc.items() if k in fields})

@@ -1,0 +1,87 @@
+"""Budgets: a cost and the value its found architecture must not exceed, absolute or relative."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from dataclasses import dataclass
+
+from bsnet.costs import Cost, FlopsCost, FunctionCost, LatencyCost, ParallelCost, ParamsCost
+
+_SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+           "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_NUMBER = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%|[kKMGT]|s|ms|us|µs|ns)?\s*$")
+
+
+@dataclass
+class Budget:
+    """`cost(H) <= value` for the found architecture H. `relative`: value is a fraction of the full network's."""
+
+    cost: Cost
+    value: float
+    relative: bool = False
+
+    def __str__(self) -> str:
+        v = f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
+        return f"{self.cost.name}<={v}"
+
+
+def parse_value(text: str) -> tuple[float, bool]:
+    """`'30%'` -> (0.3, True); `'25M'` -> (2.5e7, False); `'3ms'` -> (0.003, False); `'2.5e7'` -> (2.5e7, False)."""
+    m = _NUMBER.match(text)
+    if not m:
+        raise ValueError(f"cannot read budget value {text!r} (examples: 30%, 2.5e7, 25M, 1.2G, 3ms)")
+    value = float(m.group(1))
+    suffix = m.group(2) or ""
+    if suffix == "%":
+        return value / 100.0, True
+    return value * _SUFFIX[suffix], False
+
+
+def load_object(spec: str) -> object:
+    """Import `package.module:name`, for the user's own costs and models (named by the user, never a run)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{spec!r} is not of the form package.module:name")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import {module_name!r}: {e}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"{module_name!r} has no attribute {attr!r}") from None
+
+
+def make_cost(name: str, *, parallel_workers: int | None = None, latency_table: str | None = None,
+              device: str = "cpu") -> Cost:
+    """A cost by name: flops, params, parallel, latency, or a user's `package.module:name`."""
+    if name == "flops":
+        return FlopsCost()
+    if name == "params":
+        return ParamsCost()
+    if name == "parallel":
+        return ParallelCost(parallel_workers)
+    if name == "latency":
+        return LatencyCost.from_table(latency_table) if latency_table else LatencyCost(device=device)
+    if ":" in name:
+        obj = load_object(name)
+        if inspect.isclass(obj) and issubclass(obj, Cost):
+            obj = obj()
+        if isinstance(obj, Cost):
+            return obj
+        if callable(obj):
+            return FunctionCost(obj, name=name.partition(":")[2])
+        raise ValueError(f"{name} is neither a bsnet Cost nor a function of (net, live)")
+    raise ValueError(f"unknown cost {name!r} (known: flops, params, parallel, latency, or package.module:name)")
+
+
+def parse_budget(text: str, **cost_options) -> Budget:
+    """`'30%'` (FLOPs), `'params=1.2M'`, `'latency=3ms'`, `'mypkg.costs:energy=2e-3'`."""
+    name, sep, value = text.rpartition("=")
+    if not sep:
+        name, value = "flops", text
+    value_f, relative = parse_value(value)
+    if value_f <= 0:
+        raise ValueError(f"budget {text!r} must be positive")
+    return Budget(make_cost(name.strip(), **cost_options), value_f, relative)

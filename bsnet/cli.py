@@ -1,0 +1,377 @@
+"""The `bsnet` command: a thin layer over the Python API. Bad input: one line on stderr, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+EXIT_USAGE, EXIT_BUDGET = 2, 3
+
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "supernet": "cnf",
+    "supernet_config": {},
+    "dataset": "digits",
+    "data_dir": None,
+    "val_size": None,
+    "budget": ["30%"],
+    "parallel_workers": None,
+    "latency_table": None,
+    "epochs": 12,
+    "finetune_epochs": 4,
+    "batch_size": 64,
+    "seed": 0,
+    "device": "cpu",
+    "search_config": {},
+}
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+def _key_values(items: Sequence[str] | None, option: str) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} takes KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def resolve_search_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the YAML file, then the options given on the command line."""
+    cfg = copy.deepcopy(SEARCH_DEFAULTS)
+    if args.config:
+        try:
+            doc = yaml.safe_load(Path(args.config).read_text()) or {}
+        except OSError as e:
+            raise UsageError(f"cannot read config {args.config}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise UsageError(f"config {args.config} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(doc, dict):
+            raise UsageError(f"config {args.config} must be a mapping of option: value")
+        unknown = sorted(set(doc) - set(cfg))
+        if unknown:
+            raise UsageError(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
+        cfg.update(doc)
+    for key in cfg:
+        if key in ("supernet_config", "search_config"):
+            continue  # KEY=VALUE lists, merged below
+        value = getattr(args, key, None)
+        if value is not None:
+            cfg[key] = value
+    if args.supernet_config:
+        cfg["supernet_config"] = {**(cfg["supernet_config"] or {}), **_key_values(args.supernet_config, "--supernet-config")}
+    if args.search_config:
+        cfg["search_config"] = {**(cfg["search_config"] or {}), **_key_values(args.search_config, "--search-config")}
+    types = {"epochs": int, "finetune_epochs": int, "batch_size": int, "seed": int}
+    for key, t in types.items():
+        if not isinstance(cfg[key], t) or isinstance(cfg[key], bool):
+            raise UsageError(f"{key} must be an integer, got {cfg[key]!r}")
+    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["finetune_epochs"] < 0:
+        raise UsageError("epochs and batch_size must be >= 1, finetune_epochs >= 0")
+    if isinstance(cfg["budget"], str):
+        cfg["budget"] = [cfg["budget"]]
+    if not isinstance(cfg["budget"], list) or not all(isinstance(b, (str, int, float)) for b in cfg["budget"]):
+        raise UsageError(f"budget must be a list like ['30%', 'params=1.2M'], got {cfg['budget']!r}")
+    cfg["budget"] = [str(b) for b in cfg["budget"]]
+    if cfg["device"] not in ("cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
+        raise UsageError(f"device must be cpu or cuda, got {cfg['device']!r}")
+    for key in ("supernet_config", "search_config"):
+        if not isinstance(cfg[key], dict):
+            raise UsageError(f"{key} must be a mapping, got {cfg[key]!r}")
+    return cfg
+
+
+def build_supernet(name: str, config: dict[str, Any], data) -> Any:
+    """A registered super network, its input size, channels, classes and task filled in from the data."""
+    import bsnet
+    from bsnet.fabrics.registry import supernet_config
+    fields = {f.name for f in dataclasses.fields(supernet_config(name))}
+    cfg = dict(config)
+    fill = {"image_size": data.input_shape[-1], "in_channels": data.input_shape[0], "num_classes": data.num_classes}
+    if "task" in fields:
+        fill["task"] = data.task
+    for k, v in fill.items():
+        if k in fields:
+            cfg.setdefault(k, v)
+    return bsnet.create_supernet(name, **cfg)
+
+
+def _device(name: str):
+    import torch
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _fmt(value: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:.3g}{suffix}"
+    if unit == "s":
+        return f"{value * 1e3:.3g}ms"
+    return f"{value:.4g}"
+
+
+# ---- bsnet search ---------------------------------------------------------------------------------------
+def cmd_search(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import bsnet
+    from bsnet import runs
+    from bsnet.architecture import Architecture
+    from bsnet.budgets import parse_budget
+    from bsnet.data import batches, load_dataset, num_batches
+    from bsnet.search import BudgetedSearch, BudgetError, SearchConfig, all_costs, evaluate, finetune, recalibrate_bn
+
+    err = Console(stderr=True)
+    if args.resume and args.out and (Path(args.out) / "architecture.json").exists():
+        print(f"{args.out} has already finished: nothing to resume (its results are in {args.out}/architecture.json)")
+        return 0
+    if args.resume:
+        if not args.out or not (Path(args.out) / "config.yaml").exists():
+            raise UsageError(f"nothing to resume in {args.out}: it holds no bsnet run")
+        cfg = yaml.safe_load((Path(args.out) / "config.yaml").read_text())
+    else:
+        cfg = resolve_search_config(args)
+    device = _device(cfg["device"])
+    torch.manual_seed(cfg["seed"])
+    try:
+        search_cfg = SearchConfig(**{"seed": cfg["seed"], **cfg["search_config"]})
+    except TypeError as e:
+        raise UsageError(f"search_config: {e}") from None
+    data = load_dataset(cfg["dataset"], cfg["data_dir"], val_size=cfg["val_size"], seed=cfg["seed"])
+    net = build_supernet(cfg["supernet"], cfg["supernet_config"], data)
+    cfg["supernet_config"] = net.config  # fully resolved
+    cost_opts = dict(parallel_workers=cfg["parallel_workers"], latency_table=cfg["latency_table"], device=str(device))
+    budgets = [parse_budget(b, **cost_opts) for b in cfg["budget"]]
+    names = [b.cost.name for b in budgets]
+    if len(set(names)) != len(names):
+        raise UsageError(f"one budget per cost, got {', '.join(cfg['budget'])}")
+    steps_per_epoch = num_batches(data.train, cfg["batch_size"])
+    search = BudgetedSearch(net, budgets, search_cfg, steps_per_epoch=steps_per_epoch, epochs=cfg["epochs"],
+                            device=device)
+    run_dir = runs.prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    cfg["search_config"] = dataclasses.asdict(search_cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    start = 0
+    best_val = -1.0
+    if args.resume:
+        try:
+            state, meta = runs.load_checkpoint(ckpt_dir, "latest")
+            search.load_state_dict(state)
+            start, best_val = int(meta["epoch"]), float(meta.get("best_val", -1.0))
+        except runs.RunDirError as e:
+            err.print(f"[yellow]{e}; starting from the beginning[/yellow]")
+        runs.truncate_metrics(run_dir / "metrics.jsonl", start)
+    else:
+        runs.write_yaml(run_dir / "config.yaml", cfg)
+
+    def train_batches(epoch: int, augment: bool = True):
+        g = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch)  # the data order depends on (seed, epoch)
+        for x, y in batches(data.train, cfg["batch_size"], shuffle=True, generator=g):
+            if augment and data.augment is not None:
+                x = data.augment(x, g)
+            yield x, y
+
+    limit_of = {b.cost.name: limit for b, limit in zip(budgets, search.limits)}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[info]}"), console=err, transient=False)
+    t0 = time.time()
+    with progress:
+        for epoch in range(start, cfg["epochs"]):
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg['epochs']}", total=steps_per_epoch, info="")
+            stats = []
+            for x, y in train_batches(epoch):
+                s = search.step(x, y)
+                stats.append(s)
+                progress.update(task, advance=1, info=f"loss {s.loss:.3f} acc {s.accuracy:.3f} " + " ".join(
+                    f"{n} {c / limit_of[n]:.0%}·b λ {float(lam):.2g}" for n, c, lam in zip(names, s.costs, search.lambdas)))
+            n = sum(s.examples for s in stats)
+            found = search.found()
+            val_acc = evaluate(net, found.mask, batches(data.val, 256), device)
+            record = {
+                "epoch": epoch,
+                "train_loss": sum(s.loss * s.examples for s in stats) / n,
+                "train_acc": sum(s.accuracy * s.examples for s in stats) / n,
+                "val_acc": val_acc,
+                "expected_cost": dict(zip(names, search.expected_costs())),
+                "sampled_cost": {nm: sum(s.costs[j] for s in stats) / len(stats) for j, nm in enumerate(names)},
+                "mode_cost": dict(zip(names, search._costs(found.mask.unsqueeze(0))[:, 0].tolist())),
+                "lambda": dict(zip(names, search.lambdas.tolist())),
+                "entropy": search.mean_entropy(),
+                "disconnected": sum(s.disconnected for s in stats) / len(stats),
+                "seconds": time.time() - t0,
+            }
+            runs.append_metrics(run_dir / "metrics.jsonl", record)
+            meta = {"epoch": epoch + 1, "best_val": max(best_val, val_acc), "bsnet_version": bsnet.__version__}
+            runs.save_checkpoint(ckpt_dir, "latest", search.state_dict(), meta)
+            if val_acc > best_val:
+                best_val = val_acc
+                runs.save_checkpoint(ckpt_dir, "best", search.state_dict(), meta)
+
+        try:
+            found = search.found()
+        except BudgetError as e:
+            err.print(f"bsnet: error: {e}")
+            return EXIT_BUDGET
+        mask = found.mask
+        recal_batches = lambda: train_batches(0, augment=False)  # noqa: E731
+        full = copy.deepcopy(net)
+        recalibrate_bn(full, lambda x: full(x), recal_batches(), device)
+        full_acc = evaluate(full, full.full_mask(), batches(data.test, 256), device)
+        del full
+        found_net = copy.deepcopy(net)
+        recalibrate_bn(found_net, lambda x: found_net(x, mask.to(device)), recal_batches(), device)
+        search_acc = evaluate(found_net, mask, batches(data.test, 256), device)
+        search_val = evaluate(found_net, mask, batches(data.val, 256), device)
+        ft_acc = None
+        if cfg["finetune_epochs"] > 0:
+            task = progress.add_task("fine-tune", total=cfg["finetune_epochs"] * steps_per_epoch, info="")
+            finetune(found_net, mask, lambda e: train_batches(10_000 + e), cfg["finetune_epochs"], steps_per_epoch,
+                     device=device, on_step=lambda: progress.update(task, advance=1))
+            ft_acc = evaluate(found_net, mask, batches(data.test, 256), device)
+
+    extra = [b.cost for b in budgets if b.cost.name not in ("flops", "params", "parallel")]
+    cost = all_costs(net, mask, extra, cfg["parallel_workers"])
+    full_cost = all_costs(net, net.full_mask(), extra, cfg["parallel_workers"])
+    live = net.graph.live(mask)
+    live_nodes = {n for n, l in zip(net.graph.order, live.tolist()) if l}
+    metrics = {"test_acc": ft_acc if ft_acc is not None else search_acc, "test_acc_search_weights": search_acc,
+               "val_acc_search_weights": search_val, "test_acc_finetuned": ft_acc, "full_test_acc": full_acc,
+               "epochs": cfg["epochs"], "finetune_epochs": cfg["finetune_epochs"], "seconds": time.time() - t0,
+               "repaired": found.repaired}
+    arch = Architecture(supernet=net.name, supernet_config=net.config,
+                        gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
+                        kept=[g for g, m in zip(net.gate_names, mask.tolist()) if m > 0.5],
+                        projected=found.projected, dropped=found.dropped, cost=cost,
+                        budget=limit_of, full_cost=full_cost, metrics=metrics, bsnet_version=bsnet.__version__)
+    from safetensors.torch import save_file
+    state = {k: v.contiguous() for k, v in found_net.state_dict().items() if k.split(".")[1] in live_nodes}
+    save_file(state, str(run_dir / "weights.safetensors"))
+    from bsnet.plots import plot_architecture, plot_search
+    plot_search(runs.read_metrics(run_dir / "metrics.jsonl"), limit_of, run_dir / "search.png")
+    plot_architecture(net, mask, search.gates.probs().detach().cpu(), run_dir / "architecture.png")
+    arch.to_json(run_dir / "architecture.json")  # last: its presence marks the run as finished
+    print_summary(arch, run_dir)
+    return 0
+
+
+def print_summary(arch, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    m = arch.metrics
+    t = Table(title=f"bsnet search: {arch.supernet}", show_lines=False)
+    t.add_column("")
+    t.add_column("test accuracy", justify="right")
+    for name in arch.cost:
+        t.add_column(name, justify="right")
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    unit = {"latency": "s"}
+    found_label = "found architecture" + (" (projected)" if arch.projected else "")
+    t.add_row(found_label + " fine-tuned" if m.get("test_acc_finetuned") is not None else found_label,
+              pct(m["test_acc"]), *[_fmt(v, unit.get(k, "")) for k, v in arch.cost.items()])
+    t.add_row("  search weights, BN recalibrated", pct(m["test_acc_search_weights"]), *["" for _ in arch.cost])
+    t.add_row("budget", "", *[("<= " + _fmt(arch.budget[k], unit.get(k, ""))) if k in arch.budget else "" for k in arch.cost])
+    t.add_row("full super network", pct(m["full_test_acc"]), *[_fmt(v, unit.get(k, "")) for k, v in arch.full_cost.items()])
+    t.add_row("found / full", "", *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
+    Console().print(t)
+    if arch.projected:
+        print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s), least probable first: "
+              + ", ".join(arch.dropped[:8]) + (" ..." if len(arch.dropped) > 8 else ""))
+    print(f"run directory: {run_dir}")
+
+
+# ---- bsnet profile --------------------------------------------------------------------------------------
+def cmd_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    import bsnet
+    from bsnet.costs.latency import measure_latency
+    from bsnet.runs import atomic_write_text
+    net = bsnet.create_supernet(args.supernet, **_key_values(args.supernet_config, "--supernet-config"))
+    dtype = getattr(torch, args.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UsageError(f"unknown dtype {args.dtype!r}")
+    device = _device(args.device)
+    table = measure_latency(net.to(device), device=device, batch_size=args.batch_size, dtype=dtype,
+                            min_run_time=args.min_run_time)
+    table["supernet_config"] = net.config
+    atomic_write_text(Path(args.out), json.dumps(table, indent=1))
+    total = sum(table["nodes"].values())
+    print(f"{len(table['nodes'])} nodes measured on {table['device']}: full network {total * 1e3:.3g} ms "
+          f"(batch {args.batch_size}, {args.dtype}); table written to {args.out}")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as every other usage error
+        self.exit(EXIT_USAGE, f"bsnet: error: {message}\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bsnet", description="Budgeted super networks: architecture and weights under a cost budget.")
+    p.add_argument("--version", action="version", version=f"bsnet {__import__('bsnet').__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    s = sub.add_parser("search", help="search an architecture under budgets (default: digits, cnf, 30%% FLOPs)")
+    s.add_argument("--config", help="YAML file of options (a run's config.yaml reruns it)")
+    s.add_argument("--supernet", help="registered super network (cnf, resnet_fabric)")
+    s.add_argument("--supernet-config", nargs="*", metavar="KEY=VALUE")
+    s.add_argument("--dataset")
+    s.add_argument("--data-dir")
+    s.add_argument("--val-size", type=float)
+    s.add_argument("--budget", action="append", metavar="[COST=]VALUE",
+                   help="e.g. 30%%, params=1.2M, latency=3ms, parallel=6, mypkg.costs:energy=2e-3 (repeat)")
+    s.add_argument("--parallel-workers", type=int)
+    s.add_argument("--latency-table", help="JSON table written by `bsnet profile` on the target device")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--finetune-epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--device")
+    s.add_argument("--search-config", nargs="*", metavar="KEY=VALUE",
+                   help="trainer settings, e.g. lambda_mode=fixed fixed_lambda=1e-7 sampling=per_example")
+    s.add_argument("--out", help="run directory (default: a new runs/search-NNN)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    s.set_defaults(func=cmd_search)
+    pr = sub.add_parser("profile", help="measure a per-node latency table on this machine")
+    pr.add_argument("--supernet", required=True)
+    pr.add_argument("--supernet-config", nargs="*", metavar="KEY=VALUE")
+    pr.add_argument("--batch-size", type=int, default=1)
+    pr.add_argument("--dtype", default="float32")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--min-run-time", type=float, default=0.05, help="seconds of timing per node")
+    pr.add_argument("--out", required=True)
+    pr.set_defaults(func=cmd_profile)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["search"]  # `bsnet` alone runs the embedded demo
+    args = make_parser().parse_args(argv)
+    if args.command is None:
+        args = make_parser().parse_args(["search", *argv])
+    from bsnet.runs import RunDirError
+    try:
+        return args.func(args)
+    except (UsageError, RunDirError, ValueError, FileNotFoundError) as e:
+        print(f"bsnet: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("bsnet: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130

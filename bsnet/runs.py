@@ -1,0 +1,170 @@
+"""Run directories: the resolved config, metrics, checkpoints (safetensors + JSON, no pickle) and resume.
+
+Layout of a search run:
+
+    config.yaml          the fully resolved configuration (`bsnet search --config` reruns it)
+    metrics.jsonl        one JSON object per finished epoch
+    checkpoints/         latest.{safetensors,json} and best.{safetensors,json}
+    architecture.json    written when the search has finished
+    weights.safetensors  the found network's fine-tuned weights (live nodes only)
+    search.png, architecture.png
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "architecture.json", "checkpoints")
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (occupied, missing, damaged)."""
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+
+
+def next_run_dir(root: Path, prefix: str = "search") -> Path:
+    """`runs/search-001`, `-002`, ...: the first free name."""
+    root.mkdir(parents=True, exist_ok=True)
+    i = 1
+    while (root / f"{prefix}-{i:03d}").exists():
+        i += 1
+    return root / f"{prefix}-{i:03d}"
+
+
+def prepare_run_dir(out: str | None, *, resume: bool, overwrite: bool, root: str = "runs") -> Path:
+    """The directory this run writes to; refuses to mix two runs in one directory."""
+    if out is None:
+        if resume:
+            raise RunDirError("--resume needs --out DIR naming the run to continue")
+        path = next_run_dir(Path(root))
+    else:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"--out {out} is a file, not a directory")
+        if resume:
+            if not is_run(path):
+                raise RunDirError(f"nothing to resume in {out}: it holds no bsnet run")
+        elif is_run(path):
+            if not overwrite:
+                raise RunDirError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
+            for m in RUN_MARKERS + ("weights.safetensors", "search.png", "architecture.png"):
+                p = path / m
+                if p.is_dir():
+                    for f in p.iterdir():
+                        f.unlink()
+                    p.rmdir()
+                elif p.exists():
+                    p.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---- atomic writes ------------------------------------------------------------------------------------
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync, then rename: a crash never leaves a half-written `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash, and anything after it, is dropped
+    return out
+
+
+def truncate_metrics(path: Path, epochs: int) -> None:
+    """Keep the records of the first `epochs` epochs only, so that a resumed run logs each epoch once."""
+    kept = [r for r in read_metrics(path) if r.get("epoch", 0) < epochs]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ---- checkpoints: nested state with tensors -> safetensors + JSON skeleton --------------------------
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _flatten(v, tensors, f"{prefix}/{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        kind = "__tuple__" if isinstance(obj, tuple) else "__list__"
+        return {kind: [_flatten(v, tensors, f"{prefix}/{i}") for i, v in enumerate(obj)]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {prefix}")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__tuple__" in obj:
+            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+        if "__list__" in obj:
+            return [_unflatten(v, tensors) for v in obj["__list__"]]
+    return obj
+
+
+def save_checkpoint(directory: Path, name: str, state: dict[str, Any], meta: dict[str, Any]) -> None:
+    """`name.safetensors` (tensors) then `name.json` (the rest, `meta`, and the tensors' checksum)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, tensors, "s")
+    blob_path = directory / f"{name}.safetensors"
+    tmp = blob_path.with_name(blob_path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb+") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+        os.fsync(f.fileno())
+    os.replace(tmp, blob_path)
+    atomic_write_text(directory / f"{name}.json", json.dumps({"meta": meta, "sha256": digest, "state": skeleton}))
+
+
+def load_checkpoint(directory: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, meta); RunDirError when a file is missing, truncated or does not match its checksum."""
+    js, blob = directory / f"{name}.json", directory / f"{name}.safetensors"
+    try:
+        doc = json.loads(js.read_text())
+        data = blob.read_bytes()
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"checkpoint {js.with_suffix('')} cannot be read: {e}") from None
+    if hashlib.sha256(data).hexdigest() != doc.get("sha256"):
+        raise RunDirError(f"checkpoint {blob} is corrupted (checksum mismatch)")
+    tensors = load_file(str(blob))
+    return _unflatten(doc["state"], tensors), doc.get("meta", {})

@@ -1,0 +1,336 @@
+"""BudgetedSearch: weights by back-propagation, gate logits by REINFORCE, under budgets (Veniat & Denoyer 2018).
+
+Each step samples architectures H from the gates, trains the weights on their loss, and moves the gate logits
+along the policy gradient of the reward r(H) = -(loss + sum_j λ_j · max(0, C_j(H)/b_j - 1)), with a baseline.
+
+* Adaptive λ (default): the violation is measured relative to the budget, so λ_j is unit-free, and each λ_j
+  follows dual ascent on the constraint E[C_j(H)] <= b_j: λ_j <- max(0, λ_j + η_λ (mean sampled C_j / b_j - 1)).
+  No hand tuning per cost scale.
+* Fixed λ (the paper's): r = -(loss + λ · max(0, C(H) - b)) in the cost's absolute unit.
+
+The trainer does no printing and no file I/O: the CLI and `bsnet.runs` do.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bsnet.budgets import Budget
+from bsnet.costs import Cost, FlopsCost, ParallelCost, ParamsCost
+from bsnet.gates import BernoulliGates
+from bsnet.supernet import SuperNetwork
+
+
+class BudgetError(RuntimeError):
+    """No connected architecture meets every budget (possible only with a user's own cost)."""
+
+
+@dataclass
+class SearchConfig:
+    """Defaults that work on the built-in fabrics (the reference's gate SGD at 1e-3 barely moves in a short run).
+
+    Gate logits get Adam at 0.05: REINFORCE gradients vary in scale with the loss and the penalty, and Adam's
+    per-gate normalisation lets every gate move at a steady pace, so the most probable architecture leaves
+    the full network within a few epochs.
+    """
+
+    sampling: str = "grouped"  # "grouped": K architectures per batch, live nodes only; "per_example": reference
+    groups: int = 4
+    baseline: str = "loo"  # "loo" leave-one-out across groups, "mean" batch mean (reference), "ema"
+    ema_decay: float = 0.9
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    gate_lr: float = 0.05
+    init_prob: float = 1 / (1 + math.exp(-3.0))
+    lambda_mode: str = "adaptive"  # or "fixed"
+    lambda_lr: float = 0.05
+    fixed_lambda: float = 1e-7
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [(self.sampling in ("grouped", "per_example"), "sampling must be 'grouped' or 'per_example'"),
+                  (self.baseline in ("loo", "mean", "ema"), "baseline must be 'loo', 'mean' or 'ema'"),
+                  (self.lambda_mode in ("adaptive", "fixed"), "lambda_mode must be 'adaptive' or 'fixed'"),
+                  (self.groups >= 1, "groups must be >= 1"), (self.lr > 0 and self.gate_lr > 0, "learning rates must be > 0"),
+                  (0 < self.init_prob < 1, "init_prob must lie in (0, 1)")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+@dataclass
+class StepStats:
+    loss: float
+    accuracy: float
+    costs: list[float]  # mean sampled cost per budget
+    disconnected: float  # fraction of sampled architectures that are disconnected
+    examples: int
+
+
+@dataclass
+class Found:
+    """The found architecture: a pruned mask, whether it was projected onto the budgets, and how."""
+
+    mask: torch.Tensor
+    projected: bool = False
+    dropped: list[str] = field(default_factory=list)
+    repaired: bool = False  # the most probable mask was disconnected: the most probable connected one is used
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy (averaged over pixels for segmentation)."""
+    loss = F.cross_entropy(out, y, reduction="none")
+    return loss.flatten(1).mean(1) if loss.dim() > 1 else loss
+
+
+def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example accuracy (pixel accuracy for segmentation)."""
+    hit = (out.argmax(1) == y).float()
+    return hit.flatten(1).mean(1) if hit.dim() > 1 else hit
+
+
+class BudgetedSearch:
+    """Joint search of architecture and weights under one or more budgets.
+
+    Args:
+        net: the super network (its weights are trained in place).
+        budgets: the constraints; relative budgets are resolved against the full network's cost here.
+        config: optimisation settings.
+        steps_per_epoch, epochs: the length of the cosine schedule of the weights' learning rate.
+    """
+
+    def __init__(self, net: SuperNetwork, budgets: Sequence[Budget], config: SearchConfig | None = None, *,
+                 steps_per_epoch: int = 1, epochs: int = 1, device: torch.device | str = "cpu") -> None:
+        self.net = net.to(device)
+        self.device = torch.device(device)
+        self.config = cfg = config or SearchConfig()
+        self.budgets = list(budgets)
+        full = net.full_mask()
+        self.full_costs = [float(b.cost(net, full)) for b in self.budgets]
+        self.limits = [b.value * f if b.relative else b.value for b, f in zip(self.budgets, self.full_costs)]
+        for b, limit in zip(self.budgets, self.limits):
+            if limit <= 0:
+                raise ValueError(f"budget {b} must be positive")
+            cheapest = b.cost.cheapest(net)
+            if cheapest is not None and cheapest[0] > limit * (1 + 1e-9):
+                raise ValueError(f"budget {b} ({limit:.4g} {b.cost.unit}) is below the cheapest connected "
+                                 f"architecture ({cheapest[0]:.4g} {b.cost.unit})")
+        self.gates = BernoulliGates(net.num_gates, cfg.init_prob).to(device)
+        self.lambdas = torch.zeros(len(self.budgets), dtype=torch.float64)
+        if cfg.lambda_mode == "fixed":
+            self.lambdas.fill_(cfg.fixed_lambda)
+        self.ema_reward: float | None = None
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # architecture sampling only
+        self.opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                   nesterov=True)
+        self.gate_opt = torch.optim.Adam(self.gates.parameters(), lr=cfg.gate_lr)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, steps_per_epoch * epochs))
+        self.steps = 0
+
+    # ---- one step -------------------------------------------------------------------------------
+    def _costs(self, masks: torch.Tensor) -> torch.Tensor:
+        """[J, M] costs of M masks for each budget."""
+        return torch.stack([b.cost(self.net, masks).to(torch.float64).reshape(-1) for b in self.budgets]) \
+            if self.budgets else torch.zeros(0, masks.shape[0], dtype=torch.float64)
+
+    def _penalty(self, costs: torch.Tensor) -> torch.Tensor:
+        limits = torch.tensor(self.limits, dtype=torch.float64).unsqueeze(1)
+        if self.config.lambda_mode == "adaptive":
+            excess = torch.relu(costs / limits - 1)
+        else:
+            excess = torch.relu(costs - limits)
+        return (self.lambdas.unsqueeze(1) * excess).sum(0)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+        cfg, net = self.config, self.net
+        net.train()
+        x, y = x.to(self.device), y.to(self.device)
+        if cfg.sampling == "grouped":
+            k = min(cfg.groups, x.shape[0])
+            masks, logp = self.gates.sample(k, self.generator)
+            out = net(x, masks.to(self.device), grouped=True)
+            sizes = [len(c) for c in torch.tensor_split(torch.arange(x.shape[0]), k)]
+            group_of = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)).to(self.device)
+        else:
+            masks, logp = self.gates.sample(x.shape[0], self.generator)
+            out = net(x, masks.to(self.device))
+            group_of = torch.arange(x.shape[0], device=self.device)
+        losses = task_loss(out, y)
+        n_arch = masks.shape[0]
+        arch_loss = torch.zeros(n_arch, device=self.device).index_add(0, group_of, losses.detach())
+        arch_loss = arch_loss / torch.bincount(group_of, minlength=n_arch).clamp(min=1)
+        costs = self._costs(masks)
+        reward = -(arch_loss.double().cpu() + self._penalty(costs))
+        if cfg.baseline == "loo" and n_arch > 1:
+            baseline = (reward.sum() - reward) / (n_arch - 1)
+        elif cfg.baseline == "ema" and self.ema_reward is not None:
+            baseline = torch.full_like(reward, self.ema_reward)
+        else:
+            baseline = reward.mean().expand_as(reward)
+        advantage = (reward - baseline).float().to(logp.device)
+        self.opt.zero_grad(set_to_none=True)
+        self.gate_opt.zero_grad(set_to_none=True)
+        (losses.mean() - (advantage.detach() * logp).mean()).backward()
+        self.opt.step()
+        self.gate_opt.step()
+        self.sched.step()
+        if cfg.baseline == "ema":
+            m = float(reward.mean())
+            self.ema_reward = m if self.ema_reward is None else cfg.ema_decay * self.ema_reward + (1 - cfg.ema_decay) * m
+        if cfg.lambda_mode == "adaptive" and self.budgets:
+            violation = costs.mean(1) / torch.tensor(self.limits, dtype=torch.float64) - 1
+            self.lambdas = torch.clamp(self.lambdas + cfg.lambda_lr * violation, min=0.0)
+        self.steps += 1
+        connected = self.net.graph.connected(masks)
+        return StepStats(float(losses.detach().mean()), float(correct(out.detach(), y).mean()), costs.mean(1).tolist(),
+                         1.0 - float(connected.float().mean()), x.shape[0])
+
+    # ---- reading the distribution -------------------------------------------------------------
+    def expected_costs(self, samples: int = 256) -> list[float]:
+        """Monte-Carlo estimate of E[C_j(H)] under the current gates (a fixed generator: no drift of the RNG)."""
+        g = torch.Generator().manual_seed(12345)
+        masks, _ = self.gates.sample(samples, g)
+        return self._costs(masks).mean(1).tolist()
+
+    def mean_entropy(self) -> float:
+        return float(self.gates.entropy().detach().mean())
+
+    def within_budget(self, mask: torch.Tensor) -> bool:
+        return all(float(c) <= limit * (1 + 1e-9) for c, limit in zip(self._costs(mask.unsqueeze(0))[:, 0], self.limits))
+
+    def found(self) -> Found:
+        """The most probable architecture, pruned, made connected and projected onto the budgets.
+
+        * Disconnected mode: the most probable connected architecture, i.e. the mode plus the input→output path
+          whose dropped gates are cheapest to switch on (cost -log-odds per gate).
+        * Over budget: gates are dropped one at a time, least probable first, skipping any whose removal
+          disconnects the network, until every budget holds. If no gate can be dropped, the cheapest
+          connected architecture of a budgeted cost that meets every budget is taken. Otherwise BudgetError.
+        """
+        graph = self.net.graph
+        logits = self.gates.logits.detach().cpu()
+        mask = graph.prune(self.gates.mode().cpu())
+        result = Found(mask)
+        if not graph.connected(mask):
+            _, path = graph.shortest_path(gate_cost=torch.relu(-logits).tolist())
+            mask = graph.prune(torch.maximum(mask, path))
+            result.repaired = True
+        start = mask.clone()
+        order = torch.argsort(logits).tolist()  # least probable first
+        while not self.within_budget(mask):
+            for g in order:
+                if mask[g] == 0:
+                    continue
+                trial = mask.clone()
+                trial[g] = 0
+                trial = graph.prune(trial)
+                if graph.connected(trial):
+                    mask = trial
+                    break
+            else:
+                mask = self._cheapest_within_budget()
+                break
+        if not torch.equal(mask, start):
+            result.projected = True
+            result.dropped = [self.net.gate_names[g] for g in range(len(mask)) if start[g] > mask[g]]
+        result.mask = mask
+        return result
+
+    def _cheapest_within_budget(self) -> torch.Tensor:
+        candidates = [c[1] for c in (b.cost.cheapest(self.net) for b in self.budgets) if c is not None]
+        ok = [self.net.graph.prune(m) for m in candidates if self.within_budget(self.net.graph.prune(m))]
+        if not ok:
+            raise BudgetError("no connected architecture meets every budget: " +
+                              ", ".join(f"{b} ({limit:.4g} {b.cost.unit})" for b, limit in zip(self.budgets, self.limits)))
+        return max(ok, key=lambda m: float(self.gates.log_prob(m.to(self.gates.logits.device))))
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "gates": self.gates.state_dict(), "opt": self.opt.state_dict(),
+                "gate_opt": self.gate_opt.state_dict(), "sched": self.sched.state_dict(), "lambdas": self.lambdas,
+                "ema_reward": self.ema_reward, "generator": self.generator.get_state(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.gates.load_state_dict(state["gates"])
+        self.opt.load_state_dict(state["opt"])
+        self.gate_opt.load_state_dict(state["gate_opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.lambdas = state["lambdas"].to(torch.float64)
+        self.ema_reward = state["ema_reward"]
+        self.generator.set_state(state["generator"])
+        self.steps = int(state["steps"])
+
+
+# ---- evaluation helpers (used by the CLI, export and training) ----------------------------------------
+@torch.no_grad()
+def evaluate(net: SuperNetwork, mask: torch.Tensor, data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device | str = "cpu") -> float:
+    """Accuracy (pixel accuracy for segmentation) of one architecture, in eval mode."""
+    was = net.training
+    net.eval()
+    hits, n = 0.0, 0
+    for x, y in data:
+        out = net(x.to(device), mask.to(device))
+        hits += float(correct(out, y.to(device)).sum())
+        n += len(y)
+    net.train(was)
+    return hits / max(n, 1)
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
+                   data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu") -> None:
+    """Recompute BatchNorm running statistics (a cumulative average) by running `run` over `data`.
+
+    Search weights are shared by many architectures, so their running statistics belong to none of them.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was = net.training
+    net.train()
+    for x, _ in data:
+        run(x.to(device))
+    net.train(was)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+
+
+def finetune(net: SuperNetwork, mask: torch.Tensor, batches_fn: Callable[[int], Iterable], epochs: int,
+             steps_per_epoch: int, *, lr: float = 0.02, weight_decay: float = 5e-4,
+             device: torch.device | str = "cpu", on_step: Callable[[], None] | None = None) -> None:
+    """Train the weights of one fixed architecture (live nodes only) for a few epochs, cosine schedule.
+
+    `batches_fn(epoch)` yields that epoch's (x, y) mini-batches.
+    """
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps_per_epoch * epochs))
+    net.train()
+    mask = mask.to(device)
+    for epoch in range(epochs):
+        for x, y in batches_fn(epoch):
+            opt.zero_grad(set_to_none=True)
+            task_loss(net(x.to(device), mask), y.to(device)).mean().backward()
+            opt.step()
+            sched.step()
+            if on_step:
+                on_step()
+
+
+def all_costs(net: SuperNetwork, mask: torch.Tensor, extra: Sequence[Cost] = (),
+              parallel_workers: int | None = None) -> dict[str, float]:
+    """Every built-in cost of one architecture (and any other cost given), keyed by cost name."""
+    costs: dict[str, Cost] = {"flops": FlopsCost(), "params": ParamsCost(), "parallel": ParallelCost(parallel_workers)}
+    for c in extra:
+        costs[c.name] = c
+    return {name: float(c(net, mask)) for name, c in costs.items()}

@@ -1,0 +1,114 @@
+"""`bsnet search` end to end on digits with a tiny fabric, its run directory, resume and its error cases."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bsnet.cli import main
+
+TINY = ["--supernet-config", "layers=3", "channels=8", "--epochs", "2", "--finetune-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    assert main(["search", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_search_writes_a_complete_run_directory(finished_run):
+    out = finished_run
+    for f in ("config.yaml", "metrics.jsonl", "architecture.json", "weights.safetensors", "search.png",
+              "architecture.png", "checkpoints/latest.safetensors", "checkpoints/latest.json",
+              "checkpoints/best.safetensors"):
+        assert (out / f).exists(), f
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["format_version"] == 1 and arch["supernet"] == "cnf"
+    assert set(arch["cost"]) >= {"flops", "params", "parallel"} and set(arch["full_cost"]) == set(arch["cost"])
+    assert arch["cost"]["flops"] <= arch["budget"]["flops"] == pytest.approx(0.3 * arch["full_cost"]["flops"])
+    assert set(arch["kept"]) <= set(arch["gates"]) and isinstance(arch["projected"], bool)
+    assert 0.1 < arch["metrics"]["test_acc"] <= 1.0
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    assert {"train_loss", "train_acc", "val_acc", "expected_cost", "sampled_cost", "lambda", "entropy",
+            "disconnected"} <= set(metrics[0])
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["supernet_config"]["layers"] == 3 and cfg["supernet_config"]["image_size"] == 8
+
+
+def test_resume_on_a_finished_run_changes_nothing(finished_run, capsys):
+    before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    assert main(["search", "--out", str(finished_run), "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert before == {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    assert main(["search", *TINY, "--out", str(out)]) == 0
+    # As if killed during epoch 2, after its metrics line but before its checkpoint: the checkpoint says 1 epoch.
+    (out / "architecture.json").unlink()
+    doc = json.loads((out / "checkpoints" / "latest.json").read_text())
+    doc["meta"]["epoch"] = 1
+    (out / "checkpoints" / "latest.json").write_text(json.dumps(doc))
+    assert main(["search", "--out", str(out), "--resume"]) == 0
+    assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert (out / "architecture.json").exists()
+
+
+def test_rerunning_the_resolved_config_reproduces_the_run(finished_run, tmp_path):
+    out = tmp_path / "again"
+    assert main(["search", "--config", str(finished_run / "config.yaml"), "--out", str(out)]) == 0
+    a = json.loads((finished_run / "architecture.json").read_text())
+    b = json.loads((out / "architecture.json").read_text())
+    assert a["kept"] == b["kept"] and a["gates"] == b["gates"]
+
+
+def test_default_run_directories_are_numbered(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["search", *TINY[:5], "--epochs", "1", "--finetune-epochs", "0"]
+    assert main(args) == 0 and main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["search-001", "search-002"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--supernet", "nope"], "unknown super network"),
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--budget", "nope=30%"], "unknown cost"),
+    (["--budget", "0"], "positive"),
+    (["--budget=-5%"], "positive"),
+    (["--budget", "5 apples"], "cannot read budget"),
+    (["--budget", "10"], "below the cheapest"),
+    (["--data-dir", "/no/such/dir"], "does not exist"),
+    (["--supernet-config", "widht=3"], "unknown cnf setting"),
+    (["--epochs", "0"], "epochs"),
+    (["--device", "tpu"], "device"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
+    assert main(["search", *args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("bsnet: error:")
+    assert not (tmp_path / "r").exists()  # nothing written for a refused run
+
+
+def test_out_holding_another_run_is_refused(finished_run, capsys):
+    before = (finished_run / "architecture.json").read_bytes()
+    assert main(["search", *TINY, "--out", str(finished_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (finished_run / "architecture.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("content, message", [("epochs: [1\n", "not valid YAML"), ("epochz: 3\n", "unknown key"),
+                                              ("epochs: three\n", "must be an integer")])
+def test_bad_config_files(tmp_path, capsys, content, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(content)
+    assert main(["search", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bsnet", "search", "--supernet", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown super network" in r.stderr

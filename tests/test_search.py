@@ -1,0 +1,109 @@
+"""BudgetedSearch on real data (scikit-learn's digits), with a small fabric so that the suite stays fast."""
+import pytest
+import torch
+
+import bsnet
+from bsnet.budgets import Budget, parse_budget, parse_value
+from bsnet.data import batches, load_dataset
+from bsnet.search import BudgetedSearch, SearchConfig, evaluate
+
+FABRIC = dict(layers=4, channels=8, image_size=8, in_channels=1, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def run(digits, budgets, epochs=4, **cfg):
+    torch.manual_seed(0)
+    net = bsnet.create_supernet("cnf", **FABRIC)
+    search = BudgetedSearch(net, [parse_budget(b) for b in budgets], SearchConfig(**cfg),
+                            steps_per_epoch=21, epochs=epochs)
+    first = search.expected_costs()
+    for epoch in range(epochs):
+        for x, y in batches(digits.train, 64, shuffle=True, generator=torch.Generator().manual_seed(epoch)):
+            search.step(x, y)
+    return search, first
+
+
+def test_search_lowers_expected_cost_below_budget_and_learns(digits):
+    search, first = run(digits, ["30%"], epochs=5)
+    assert first[0] > search.limits[0]
+    assert search.expected_costs()[0] <= search.limits[0]
+    found = search.found()
+    acc = evaluate(search.net, found.mask, batches(digits.val, 256))
+    assert acc > 0.5  # chance is 0.1; BN statistics here are the search's, not recalibrated
+
+
+@pytest.mark.parametrize("budgets", [["10%"], ["30%"], ["60%"], ["params=40%"], ["25%", "params=30%"]])
+def test_found_architecture_meets_every_budget(digits, budgets):
+    search, _ = run(digits, budgets, epochs=3)
+    found = search.found()
+    net = search.net
+    assert net.graph.connected(found.mask)
+    for b, limit in zip(search.budgets, search.limits):
+        assert float(b.cost(net, found.mask)) <= limit
+
+
+def test_projection_when_stopped_early(digits):
+    torch.manual_seed(0)
+    net = bsnet.create_supernet("cnf", **FABRIC)
+    search = BudgetedSearch(net, [parse_budget("20%")])
+    x, y = next(batches(digits.train, 64))
+    search.step(x, y)  # one step: the most probable architecture is still the full network
+    assert not search.within_budget(net.graph.prune(search.gates.mode()))
+    found = search.found()
+    assert found.projected and found.dropped
+    assert search.within_budget(found.mask) and net.graph.connected(found.mask)
+    # least probable first: every dropped gate is no more probable than any gate still kept
+    probs = dict(zip(net.gate_names, search.gates.probs().tolist()))
+    kept = [g for g, m in zip(net.gate_names, found.mask.tolist()) if m]
+    explicitly = [g for g in found.dropped if probs[g] <= min(probs[k] for k in kept)]
+    assert explicitly
+
+
+def test_disconnected_mode_is_repaired_to_the_most_probable_connected(digits):
+    net = bsnet.create_supernet("cnf", **FABRIC)
+    search = BudgetedSearch(net, [parse_budget("50%")])
+    with torch.no_grad():
+        search.gates.logits.fill_(-1.0)  # every gate improbable: the mode keeps nothing
+    found = search.found()
+    assert found.repaired and net.graph.connected(found.mask)
+
+
+def test_fixed_lambda_zero_keeps_cost_and_large_lambda_meets_budget(digits):
+    zero, first = run(digits, ["30%"], epochs=3, lambda_mode="fixed", fixed_lambda=0.0)
+    assert zero.expected_costs()[0] >= 0.9 * first[0]
+    large, _ = run(digits, ["30%"], epochs=8, lambda_mode="fixed", fixed_lambda=1e-4)
+    assert large.expected_costs()[0] <= large.limits[0]
+
+
+def test_per_example_sampling_mode_also_learns(digits):
+    search, first = run(digits, ["40%"], epochs=3, sampling="per_example", baseline="mean")
+    assert search.expected_costs()[0] < first[0]
+
+
+def test_budget_below_the_cheapest_architecture_is_refused():
+    net = bsnet.create_supernet("cnf", **FABRIC)
+    with pytest.raises(ValueError, match="cheapest"):
+        BudgetedSearch(net, [parse_budget("1000")])
+
+
+@pytest.mark.parametrize("text, value, relative", [("30%", 0.3, True), ("2.5e7", 2.5e7, False), ("25M", 25e6, False),
+                                                   ("1.2G", 1.2e9, False), ("3ms", 0.003, False), ("500", 500.0, False)])
+def test_budget_values(text, value, relative):
+    v, r = parse_value(text)
+    assert v == pytest.approx(value) and r == relative
+
+
+@pytest.mark.parametrize("bad", ["-3%", "0", "abc", "nope=30%", "30%%"])
+def test_bad_budgets(bad):
+    with pytest.raises(ValueError):
+        parse_budget(bad)
+
+
+def test_budget_names_the_cost():
+    b = parse_budget("params=1.2M")
+    assert isinstance(b, Budget) and b.cost.name == "params" and b.value == pytest.approx(1.2e6)
+    assert parse_budget("parallel=6", parallel_workers=3).cost.workers == 3
