@@ -130,3 +130,27 @@ def test_latency_table_of_another_network_is_refused(tmp_path):
     path.write_text(json.dumps({"nodes": {"x": 1.0}, "fingerprint": "0"}))
     with pytest.raises(ValueError, match="another super network"):
         LatencyCost.from_table(path)(diamond(), torch.ones(2))
+
+
+def test_bsnet_profile_writes_a_table_that_reads_back_to_the_same_cost(tmp_path):
+    from bsnet import create_supernet
+    from bsnet.cli import main
+    cfg = ["layers=2", "channels=4", "image_size=8", "in_channels=1"]
+    path = tmp_path / "table.json"
+    assert main(["profile", "--supernet", "cnf", "--supernet-config", *cfg, "--min-run-time", "0.001",
+                 "--out", str(path)]) == 0
+    table = json.loads(path.read_text())
+    assert table["batch_size"] == 1 and table["dtype"] == "float32" and table["input_shape"] == [1, 8, 8]
+    assert table["device"].startswith("cpu")
+    net = create_supernet("cnf", layers=2, channels=4, image_size=8, in_channels=1)
+    mask = torch.bernoulli(torch.full((net.num_gates,), 0.7), generator=torch.Generator().manual_seed(1))
+    live = net.graph.live(mask).tolist()
+    expected = sum(table["nodes"][n] for n, l in zip(net.graph.order, live) if l)
+    assert LatencyCost.from_table(path)(net, mask).item() == pytest.approx(expected)
+    # and a search optimises for it, as on the target device
+    out = tmp_path / "run"
+    full = sum(table["nodes"].values())
+    assert main(["search", "--supernet-config", "layers=2", "channels=4", "--epochs", "1", "--finetune-epochs", "0",
+                 "--budget", f"latency={full * 0.8 * 1e3:.6f}ms", "--latency-table", str(path), "--out", str(out)]) == 0
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["cost"]["latency"] <= arch["budget"]["latency"]
