@@ -6,7 +6,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cli,test]'
+	$(PY) -m pip install -q -e '.[cli,onnx,test]'
 	touch $@
 
 install: $(VENV)/.installed

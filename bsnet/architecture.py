@@ -34,6 +34,30 @@ class Architecture:
         kept = set(self.kept)
         return torch.tensor([1.0 if g in kept else 0.0 for g in gate_names])
 
+    def supernet_network(self, supernet=None):
+        """The super network this architecture lives in: rebuilt from the registry, or from `supernet` (a
+        SuperNetwork or a factory returning one) for a custom one. bsnet never imports code a file names."""
+        from bsnet.fabrics import create_supernet
+        from bsnet.supernet import SuperNetwork
+        if supernet is None:
+            if self.supernet is None:
+                raise ValueError("this architecture comes from a custom super network: pass its factory "
+                                 "(build(supernet=...) in Python, --model package.module:factory on the command line)")
+            return create_supernet(self.supernet, **self.supernet_config)
+        net = supernet if isinstance(supernet, SuperNetwork) else supernet()
+        if not isinstance(net, SuperNetwork):
+            raise ValueError(f"the factory returned a {type(net).__name__}, not a bsnet SuperNetwork")
+        return net
+
+    def build(self, supernet=None) -> torch.nn.Module:
+        """The plain network (fresh weights): only live nodes, a generated forward with no gates.
+
+        Raises:
+            ValueError: disconnected architecture, or a custom super network without its factory.
+        """
+        from bsnet.export.module import export_module
+        return export_module(self.supernet_network(supernet), self, copy_weights=False)
+
     def to_json(self, path: str | Path) -> None:
         from bsnet.runs import atomic_write_text
         atomic_write_text(Path(path), json.dumps(asdict(self), indent=1))

@@ -182,7 +182,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         g = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch)  # the data order depends on (seed, epoch)
         for x, y in batches(data.train, cfg["batch_size"], shuffle=True, generator=g):
             if augment and data.augment is not None:
-                x = data.augment(x, g)
+                x, y = data.augment(x, y, g)
             yield x, y
 
     limit_of = {b.cost.name: limit for b, limit in zip(budgets, search.limits)}
@@ -246,8 +246,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     extra = [b.cost for b in budgets if b.cost.name not in ("flops", "params", "parallel")]
     cost = all_costs(net, mask, extra, cfg["parallel_workers"])
     full_cost = all_costs(net, net.full_mask(), extra, cfg["parallel_workers"])
-    live = net.graph.live(mask)
-    live_nodes = {n for n, l in zip(net.graph.order, live.tolist()) if l}
     metrics = {"test_acc": ft_acc if ft_acc is not None else search_acc, "test_acc_search_weights": search_acc,
                "val_acc_search_weights": search_val, "test_acc_finetuned": ft_acc, "full_test_acc": full_acc,
                "epochs": cfg["epochs"], "finetune_epochs": cfg["finetune_epochs"], "seconds": time.time() - t0,
@@ -257,9 +255,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                         kept=[g for g, m in zip(net.gate_names, mask.tolist()) if m > 0.5],
                         projected=found.projected, dropped=found.dropped, cost=cost,
                         budget=limit_of, full_cost=full_cost, metrics=metrics, bsnet_version=bsnet.__version__)
-    from safetensors.torch import save_file
-    state = {k: v.contiguous() for k, v in found_net.state_dict().items() if k.split(".")[1] in live_nodes}
-    save_file(state, str(run_dir / "weights.safetensors"))
+    from bsnet.export import export_module, save_weights
+    save_weights(export_module(found_net, mask), arch, run_dir / "weights.safetensors")
     from bsnet.plots import plot_architecture, plot_search
     plot_search(runs.read_metrics(run_dir / "metrics.jsonl"), limit_of, run_dir / "search.png")
     plot_architecture(net, mask, search.gates.probs().detach().cpu(), run_dir / "architecture.png")
@@ -291,6 +288,192 @@ def print_summary(arch, run_dir: Path) -> None:
         print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s), least probable first: "
               + ", ".join(arch.dropped[:8]) + (" ..." if len(arch.dropped) > 8 else ""))
     print(f"run directory: {run_dir}")
+
+
+# ---- commands on a finished run: export, train, eval, show -------------------------------------------------
+def _model_factory(spec: str | None):
+    """`--model package.module:factory`: named by the user on the command line, never read from a run."""
+    if spec is None:
+        return None
+    from bsnet.budgets import load_object
+    factory = load_object(spec)
+    if not callable(factory):
+        raise UsageError(f"--model {spec} is not callable")
+    return factory
+
+
+def _open_run(run_dir: str) -> tuple[Path, dict[str, Any]]:
+    from bsnet.architecture import Architecture
+    path = Path(run_dir)
+    if not (path / "architecture.json").exists():
+        raise UsageError(f"{run_dir} is not a finished bsnet search run (no architecture.json)")
+    Architecture.from_json(path)  # checks the format version
+    cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
+    return path, cfg or {}
+
+
+def _run_data(cfg: dict[str, Any], args: argparse.Namespace):
+    from bsnet.data import load_dataset
+    return load_dataset(args.dataset or cfg.get("dataset", "digits"), args.data_dir or cfg.get("data_dir"),
+                        val_size=cfg.get("val_size"), seed=cfg.get("seed", 0))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bsnet.export import export_onnx, export_python, save_weights
+    from bsnet.export.load import load_with_info
+    from bsnet.runs import atomic_write_text
+    run, _ = _open_run(args.run_dir)
+    module, arch, which = load_with_info(run, _model_factory(args.model))
+    suffix = {"pt": ".safetensors", "onnx": ".onnx", "python": ".py"}[args.format]
+    stem = "found_network" if args.format == "python" else "model"  # the python format writes its own weights
+    out = Path(args.out) if args.out else run / "export" / f"{stem}{suffix}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "pt":
+        save_weights(module, arch, out)
+        atomic_write_text(out.with_name(out.stem + ".architecture.json"),
+                          (run / "architecture.json").read_text())
+    elif args.format == "onnx":
+        export_onnx(module, tuple(arch.supernet_network(_model_factory(args.model)).input_shape), out)
+    else:
+        export_python(module, arch, out)
+    extra = f" (weights: {out.with_suffix('.safetensors').name})" if args.format == "python" else ""
+    print(f"exported the found network with its {which} weights to {out}{extra}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bsnet import runs
+    from bsnet.architecture import Architecture
+    from bsnet.export import save_weights
+    from bsnet.export.load import load_with_info
+    from bsnet.search import all_costs
+    from bsnet.train import TrainConfig, accuracy, reset_parameters, train_network
+    run, cfg = _open_run(args.run_dir)
+    data = _run_data(cfg, args)
+    factory = _model_factory(args.model)
+    arch = Architecture.from_json(run)
+    module, _, which = load_with_info(run / "weights.safetensors" if (run / "weights.safetensors").exists() else run,
+                                      factory)
+    seed = cfg.get("seed", 0) if args.seed is None else args.seed
+    if not args.finetune:
+        reset_parameters(module, seed)
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size or cfg.get("batch_size", 64),
+                       lr=args.lr if args.lr is not None else (0.1 if not args.finetune else 0.02),
+                       schedule=args.schedule, seed=seed)
+    device = _device(args.device)
+    final = run / "final"
+    final.mkdir(exist_ok=True)
+    metrics_path = final / "metrics.jsonl"
+    runs.atomic_write_text(metrics_path, "")
+    err = Console(stderr=True)
+    steps = -(-len(data.train) // tcfg.batch_size)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=err) as progress:
+        task = progress.add_task("train", total=steps * tcfg.epochs, info="")
+        for record in train_network(module, data, tcfg, device=device,
+                                    on_step=lambda loss: progress.update(task, advance=1, info=f"loss {loss:.3f}")):
+            runs.append_metrics(metrics_path, record)
+            progress.update(task, info=f"epoch {record['epoch'] + 1} val {record['val_acc']:.3f}")
+    module.cpu().eval()
+    net = arch.supernet_network(factory)
+    mask = arch.mask(net.gate_names)
+    test_acc = accuracy(module, data.test.x, data.test.y)
+    result = {"test_acc": test_acc, "val_acc": accuracy(module, data.val.x, data.val.y),
+              "cost": all_costs(net, mask, parallel_workers=cfg.get("parallel_workers")),
+              "epochs": tcfg.epochs, "start": "search weights (fine-tune)" if args.finetune else "from scratch",
+              "train_config": dataclasses.asdict(tcfg)}
+    save_weights(module, arch, final / "model.safetensors")
+    runs.atomic_write_text(final / "result.json", json.dumps(result, indent=1))
+    print(f"trained the found network {'from its search weights' if args.finetune else 'from scratch'} for "
+          f"{tcfg.epochs} epochs: test accuracy {100 * test_acc:.2f}%; written to {final}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from torch.utils import benchmark
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bsnet.costs import LatencyCost, ParallelCost
+    from bsnet.export.load import load_with_info
+    from bsnet.runs import atomic_write_text
+    from bsnet.train import accuracy
+    run, cfg = _open_run(args.run_dir)
+    data = _run_data(cfg, args)
+    factory = _model_factory(args.model)
+    module, arch, which = load_with_info(run, factory)
+    net = arch.supernet_network(factory)
+    mask = arch.mask(net.gate_names)
+    x1 = torch.zeros(1, *net.input_shape)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(x1)
+    xb = torch.randn(args.batch_size, *net.input_shape)
+    with torch.no_grad():
+        module(xb)
+        end_to_end = benchmark.Timer("m(x)", globals={"m": module, "x": xb}).blocked_autorange(min_run_time=0.3).median
+    estimate = float(LatencyCost(batch_size=args.batch_size)(net, mask))
+    report = {"weights": which, "test_acc": accuracy(module, data.test.x, data.test.y),
+              "flops": int(counter.get_total_flops()), "params": sum(p.numel() for p in module.parameters()),
+              "latency": end_to_end, "latency_per_node_estimate": estimate, "latency_batch_size": args.batch_size,
+              "parallel": float(ParallelCost(cfg.get("parallel_workers"))(net, mask))}
+    atomic_write_text(run / "eval.json", json.dumps(report, indent=1))
+    t = Table(title=f"bsnet eval: the exported network, {which} weights")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("architecture.json", justify="right")
+    label = "pixel accuracy" if data.task == "segmentation" else "test accuracy"
+    t.add_row(label, f"{100 * report['test_acc']:.2f}%", "")
+    t.add_row("FLOPs (FlopCounterMode)", _fmt(report["flops"]), _fmt(arch.cost.get("flops", 0)))
+    t.add_row("parameters", _fmt(report["params"]), _fmt(arch.cost.get("params", 0)))
+    t.add_row(f"latency, batch {args.batch_size}", f"{end_to_end * 1e3:.3g}ms",
+              f"{estimate * 1e3:.3g}ms (sum of nodes)")
+    t.add_row("parallel steps", f"{report['parallel']:g}", f"{arch.cost.get('parallel', 0):g}")
+    Console().print(t)
+    print(f"weights: {which} ({'retrained, final/' if which == 'final' else 'from the search, fine-tuned'}); "
+          f"written to {run / 'eval.json'}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bsnet.architecture import Architecture
+    run, _ = _open_run(args.run_dir)
+    arch = Architecture.from_json(run)
+    con = Console()
+    t = Table(title=f"{arch.supernet or 'custom super network'}: {len(arch.kept)} of {len(arch.gates)} gates kept"
+                    + (" (projected onto the budget)" if arch.projected else ""))
+    for col in ("cost", "found", "budget", "full network", "found / full"):
+        t.add_column(col, justify="right" if col != "cost" else "left")
+    for k, v in arch.cost.items():
+        full = arch.full_cost.get(k, 0)
+        t.add_row(k, _fmt(v, "s" if k == "latency" else ""),
+                  ("<= " + _fmt(arch.budget[k], "s" if k == "latency" else "")) if k in arch.budget else "",
+                  _fmt(full, "s" if k == "latency" else ""), f"{100 * v / full:.1f}%" if full else "")
+    con.print(t)
+    m = arch.metrics
+    if m:
+        con.print(f"test accuracy {100 * m['test_acc']:.2f}% (search weights {100 * m['test_acc_search_weights']:.2f}%,"
+                  f" full super network {100 * m['full_test_acc']:.2f}%)")
+    if arch.projected:
+        con.print(f"projected: dropped {', '.join(arch.dropped)}")
+    con.print("kept gates: " + ", ".join(arch.kept))
+    if args.draw:
+        import torch
+
+        from bsnet.plots import plot_architecture
+        net = arch.supernet_network(_model_factory(args.model))
+        probs = torch.tensor([arch.gates.get(g, 0.0) for g in net.gate_names])
+        plot_architecture(net, arch.mask(net.gate_names), probs, Path(args.draw))
+        con.print(f"drawing written to {args.draw}")
+    return 0
 
 
 # ---- bsnet profile --------------------------------------------------------------------------------------
@@ -356,6 +539,39 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-run-time", type=float, default=0.05, help="seconds of timing per node")
     pr.add_argument("--out", required=True)
     pr.set_defaults(func=cmd_profile)
+    e = sub.add_parser("export", help="export a run's found network: pt (safetensors), onnx or python")
+    e.add_argument("run_dir")
+    e.add_argument("--format", choices=("pt", "onnx", "python"), default="pt")
+    e.add_argument("--out", help="output file (default: RUN_DIR/export/model.*)")
+    e.add_argument("--model", help="package.module:factory of a custom super network (never read from the run)")
+    e.set_defaults(func=cmd_export)
+    t = sub.add_parser("train", help="retrain the found network; writes RUN_DIR/final/")
+    t.add_argument("run_dir")
+    t.add_argument("--epochs", type=int, default=10)
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--from-scratch", dest="finetune", action="store_false", help="fresh weights (default)")
+    mode.add_argument("--finetune", dest="finetune", action="store_true", help="start from the search weights")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--dataset")
+    t.add_argument("--data-dir")
+    t.add_argument("--model")
+    t.set_defaults(func=cmd_train, finetune=False)
+    ev = sub.add_parser("eval", help="accuracy and every cost of the exported network, measured on it")
+    ev.add_argument("run_dir")
+    ev.add_argument("--dataset")
+    ev.add_argument("--data-dir")
+    ev.add_argument("--batch-size", type=int, default=1, help="batch size of the latency measurement")
+    ev.add_argument("--model")
+    ev.set_defaults(func=cmd_eval)
+    sh = sub.add_parser("show", help="print a run's architecture summary; --draw writes the drawing")
+    sh.add_argument("run_dir")
+    sh.add_argument("--draw", metavar="PNG")
+    sh.add_argument("--model")
+    sh.set_defaults(func=cmd_show)
     return p
 
 

@@ -1,4 +1,10 @@
-"""The one kind of object every data set loader returns: in-memory tensors split three ways."""
+"""The one kind of object every data set loader returns: in-memory tensors split three ways.
+
+Large image sets (CIFAR, Part Labels) keep their pixels as uint8, four times smaller than float32
+(CIFAR-10's 50,000 training images: 150 MB instead of 600 MB), and convert each mini-batch to normalised
+floats as it is drawn; segmentation label maps are kept as uint8 likewise. `batches()` hides the difference:
+it always yields float normalised inputs and long targets.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,14 +12,34 @@ from typing import Callable, Iterator
 
 import torch
 
+# augment(x, y, generator) -> (x, y): a batched, random transformation of normalised inputs and their targets
+# (per-pixel targets move with the pixels), driven by `generator` alone.
+Augment = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
 
 @dataclass
 class Split:
-    x: torch.Tensor  # (N, C, H, W) float, normalised
-    y: torch.Tensor  # (N,) class indices, or (N, H, W) per-pixel classes
+    """Inputs and targets of one split.
+
+    `x` is (N, C, H, W): either float and already normalised (`mean` and `std` None), or uint8 pixels that
+    `get` normalises with the per-channel `mean` and `std` (in pixel units, 0..255). `y` is (N,) class
+    indices or (N, H, W) per-pixel classes, long or uint8; `get` returns it as long.
+    """
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: torch.Tensor | None = None  # (C,)
+    std: torch.Tensor | None = None  # (C,)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def get(self, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Examples `idx` as (float normalised inputs, long targets)."""
+        x, y = self.x[idx], self.y[idx]
+        if self.mean is not None:
+            c = x.shape[1]
+            x = x.float().sub_(self.mean.view(1, c, 1, 1)).div_(self.std.view(1, c, 1, 1))
+        return x, y.long()
 
 
 @dataclass
@@ -24,7 +50,8 @@ class DataSplits:
     test: Split
     num_classes: int
     task: str = "classification"  # or "segmentation"
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # batched, on tensors
+    augment: Augment | None = None  # for training batches: augment(x, y, generator) -> (x, y)
+    classes: tuple[str, ...] = ()  # class names, where the data set has them
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -33,13 +60,13 @@ class DataSplits:
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
             drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of an in-memory split; with `shuffle`, the order comes from `generator` alone."""
+    """Mini-batches (float normalised x, long y) of an in-memory split; with `shuffle`, the order comes from
+    `generator` alone."""
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
     for i in range(0, stop, batch_size):
-        idx = order[i:i + batch_size]
-        yield split.x[idx], split.y[idx]
+        yield split.get(order[i:i + batch_size])
 
 
 def num_batches(split: Split, batch_size: int, drop_last: bool = False) -> int:
@@ -63,3 +90,37 @@ def stratified_split(y: torch.Tensor, fraction: float | int, seed: int) -> tuple
     mask = torch.ones(n, dtype=torch.bool)
     mask[out] = False
     return mask.nonzero().flatten(), out.sort().values
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of (N, C, H, W) images, in their own units, computed in chunks
+    so that a uint8 set is never converted to float all at once."""
+    c = x.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    ss = torch.zeros(c, dtype=torch.float64)
+    for part in x.split(chunk):
+        f = part.double()
+        s += f.sum((0, 2, 3))
+        ss += (f * f).sum((0, 2, 3))
+    count = x.numel() // c
+    mean = s / count
+    std = (ss / count - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.float(), std.float()
+
+
+def split_three_ways(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                     y_test: torch.Tensor, *, num_classes: int, val_size: float | int, seed: int,
+                     task: str = "classification", classes: tuple[str, ...] = (),
+                     augment: Callable[[torch.Tensor, torch.Tensor], Augment | None] | None = None) -> DataSplits:
+    """`DataSplits` from uint8 train and test images: a seeded, stratified validation split held out of the
+    training set, normalisation with the remaining training images' per-channel statistics.
+
+    `augment(mean, std)`, where given, builds the training augmentation once the statistics are known.
+    """
+    keep, held = stratified_split(y_train, val_size, seed)
+    x_val, y_val = x_train[held], y_train[held]
+    x_train, y_train = x_train[keep], y_train[keep]
+    mean, std = channel_stats(x_train)
+    return DataSplits(name, Split(x_train, y_train, mean, std), Split(x_val, y_val, mean, std),
+                      Split(x_test, y_test, mean, std), num_classes=num_classes, task=task,
+                      augment=augment(mean, std) if augment is not None else None, classes=tuple(classes))

@@ -1,0 +1,75 @@
+"""export_module: a found architecture as a plain network, generated code with no gates and no dead code.
+
+The plain network is a `torch.fx.GraphModule` built directly from the live sub-graph: one submodule per live node
+(named after the node), and a generated `forward` that calls them in topological order and adds their outputs
+where nodes meet. `print(module.code)` shows it.
+"""
+from __future__ import annotations
+
+import copy
+import keyword
+import operator
+import re
+
+import torch
+import torch.fx
+from torch import nn
+
+from bsnet.supernet import SuperNetwork
+
+
+def attribute_name(node: str) -> str:
+    """A node name as a Python identifier (`C-2_1-3_1` -> `C_2_1_3_1`)."""
+    name = re.sub(r"\W", "_", node)
+    if not name or name[0].isdigit() or keyword.iskeyword(name) or name in ("forward", "training", "code"):
+        name = f"n_{name}"
+    return name
+
+
+def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True) -> torch.fx.GraphModule:
+    """The plain network of `architecture` (an `Architecture` or a mask), carrying `net`'s current weights.
+
+    Raises:
+        ValueError: the architecture is disconnected (no path from the input to the output).
+    """
+    mask = architecture if isinstance(architecture, torch.Tensor) else architecture.mask(net.gate_names)
+    mask = mask.detach().cpu().float()
+    graph = net.graph
+    if not bool(graph.connected(mask)):
+        raise ValueError("the architecture is disconnected (its output cannot be reached from its input): "
+                         "there is no network to build")
+    live = dict(zip(graph.order, graph.live(mask).tolist()))
+    kept = (mask > 0.5).tolist()
+    root = nn.Module()
+    fx = torch.fx.Graph()
+    x = fx.placeholder("x")
+    values: dict[str, torch.fx.Node] = {}
+    for n in graph.order:
+        if not live[n]:
+            continue
+        attr = attribute_name(n)
+        if hasattr(root, attr):
+            raise ValueError(f"two nodes map to the attribute name {attr!r}")
+        root.add_module(attr, copy.deepcopy(net.blocks[n]) if copy_weights else net.blocks[n])
+        if n == graph.input:
+            h = x
+        else:
+            sources = [(s, live[s] and (gate is None or kept[gate])) for s, gate in net._inputs[n]]
+            if graph.node(n).combine == "concat":
+                parts = [values[s] if on else _zeros_like_batch(fx, x, net.profile[s].out_shape) for s, on in sources]
+                h = fx.call_function(torch.cat, (parts, 1))
+            else:
+                ins = [values[s] for s, on in sources if on]
+                h = ins[0]
+                for other in ins[1:]:
+                    h = fx.call_function(operator.add, (h, other))
+        values[n] = fx.call_module(attr, (h,))
+    fx.output(values[graph.output])
+    module = torch.fx.GraphModule(root, fx, class_name="FoundNetwork")
+    module.train(net.training)
+    return module
+
+
+def _zeros_like_batch(fx: torch.fx.Graph, x: torch.fx.Node, shape: tuple[int, ...]) -> torch.fx.Node:
+    batch = fx.call_method("size", (x, 0))
+    return fx.call_method("new_zeros", (x, (batch, *shape)))

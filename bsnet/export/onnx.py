@@ -1,0 +1,40 @@
+"""The `onnx` format: `torch.onnx.export` with a dynamic batch size, checked once with ONNX Runtime."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
+                check: bool = True, atol: float = 1e-4) -> Path:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx extra: pip install 'bsnet[onnx]'") from None
+    path = Path(path)
+    module = module.eval()
+    x = torch.randn(2, *input_shape)
+    # The torch.export-based exporter (PyTorch's default since 2.9), the batch axis symbolic.
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # torchvision-op notices
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    finally:
+        quiet.setLevel(level)
+    if check:
+        import onnxruntime as ort
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for batch in (1, 3):  # a batch size other than the traced one: the batch axis must be dynamic
+            xb = torch.randn(batch, *input_shape)
+            got = sess.run(None, {"input": xb.numpy()})[0]
+            with torch.no_grad():
+                want = module(xb).numpy()
+            if got.shape != want.shape or not np.allclose(got, want, atol=atol):
+                raise RuntimeError(f"ONNX Runtime disagrees with PyTorch on the exported network "
+                                   f"(max abs difference {np.abs(got - want).max():.3g})")
+    return path

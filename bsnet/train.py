@@ -1,0 +1,86 @@
+"""Retraining a found network: the paper's protocol (SGD, momentum, weight decay, step or cosine schedule,
+standard augmentation). No printing, no file I/O: `train_network` yields one record per epoch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from bsnet.data import DataSplits, batches, num_batches
+from bsnet.search import correct, task_loss
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # or "step": ×0.1 at 50% and 75% of the epochs
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+
+
+@torch.no_grad()
+def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+             device: torch.device | str = "cpu") -> float:
+    """Accuracy (pixel accuracy for segmentation) in eval mode."""
+    was = module.training
+    module.eval()
+    hits = 0.0
+    for i in range(0, len(y), batch_size):
+        hits += float(correct(module(x[i:i + batch_size].to(device)), y[i:i + batch_size].to(device)).sum())
+    module.train(was)
+    return hits / max(len(y), 1)
+
+
+def reset_parameters(module: nn.Module, seed: int) -> None:
+    """Fresh initialisation of every layer (retraining from scratch)."""
+    torch.manual_seed(seed)
+    for m in module.modules():
+        if hasattr(m, "reset_parameters") and m is not module:
+            m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+
+
+def train_network(module: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.device | str = "cpu",
+                  on_step: Callable[[float], None] | None = None) -> Iterator[dict]:
+    """Train `module` in place; yield {epoch, train_loss, train_acc, val_acc, lr} after each epoch."""
+    module.to(device).train()
+    opt = torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=True)
+    steps = num_batches(data.train, cfg.batch_size) * cfg.epochs
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    else:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(steps * 0.5), int(steps * 0.75)], gamma=0.1)
+    for epoch in range(cfg.epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + 50_000 + epoch)
+        total_loss = total_hit = n = 0.0
+        lr = opt.param_groups[0]["lr"]
+        for x, y in batches(data.train, cfg.batch_size, shuffle=True, generator=g):
+            if data.augment is not None:
+                x, y = data.augment(x, y, g)
+            x, y = x.to(device), y.to(device)
+            out = module(x)
+            loss = task_loss(out, y).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach()) * len(y)
+            total_hit += float(correct(out.detach(), y).sum())
+            n += len(y)
+            if on_step:
+                on_step(float(loss.detach()))
+        yield {"epoch": epoch, "train_loss": total_loss / n, "train_acc": total_hit / n,
+               "val_acc": accuracy(module, data.val.x, data.val.y, device=device), "lr": lr}

@@ -1,0 +1,116 @@
+"""From a found architecture to plain networks: in memory, safetensors, ONNX, standalone Python, bsnet.load."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import bsnet
+from bsnet import Architecture, FlopsCost, ParamsCost, export_module
+from bsnet.cli import main
+from bsnet.export import export_onnx, export_python, read_weights, save_weights
+
+
+def connected_masks(net, n, seed=0, p=0.6):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    while len(out) < n:
+        m = net.graph.prune(torch.bernoulli(torch.full((net.num_gates,), p), generator=g))
+        if net.graph.connected(m):
+            out.append(m)
+    return out
+
+
+def arch_of(net, mask):
+    return Architecture(net.name, net.config, {}, [g for g, k in zip(net.gate_names, mask.tolist()) if k])
+
+
+def test_exported_module_equals_the_supernetwork_under_the_mask(small_net):
+    net = small_net.eval()
+    x = torch.randn(3, *net.input_shape)
+    for mask in connected_masks(net, 4):
+        plain = export_module(net, mask).eval()
+        with torch.no_grad():
+            assert (plain(x) - net(x, mask)).abs().max() <= 1e-5
+        # only live nodes, and a forward without masks
+        live = net.graph.live(mask)
+        assert len(list(plain.children())) == int(live.sum())
+        assert "mask" not in plain.code
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            plain(x[:1])
+        assert counter.get_total_flops() == pytest.approx(float(FlopsCost()(net, mask)), rel=0.01)
+        assert sum(p.numel() for p in plain.parameters()) == ParamsCost()(net, mask)
+
+
+def test_build_from_the_registry_alone(small_net):
+    mask = connected_masks(small_net, 1, seed=3)[0]
+    arch = arch_of(small_net, mask)
+    built = arch.build()
+    plain = export_module(small_net, mask)
+    assert built.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_disconnected_architecture_is_a_clear_error(small_net):
+    with pytest.raises(ValueError, match="disconnected"):
+        export_module(small_net, torch.zeros(small_net.num_gates))
+
+
+def test_custom_supernetwork_needs_its_factory():
+    from tests.conftest import diamond
+    net = diamond()
+    arch = Architecture(None, {}, {}, ["a"])
+    with pytest.raises(ValueError, match="factory"):
+        arch.build()
+    assert len(list(arch.build(supernet=diamond).children())) == 4
+
+
+def test_onnx_runtime_agrees(small_net, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    net = small_net.eval()
+    plain = export_module(net, connected_masks(net, 1, seed=5)[0]).eval()
+    path = export_onnx(plain, net.input_shape, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, *net.input_shape)  # a batch size other than the exported one
+    with torch.no_grad():
+        want = plain(x).numpy()
+    got = sess.run(None, {"input": x.numpy()})[0]
+    assert abs(got - want).max() <= 1e-4
+
+
+def test_generated_python_file_runs_without_bsnet(small_net, tmp_path):
+    net = small_net.eval()
+    mask = connected_masks(net, 1, seed=7)[0]
+    plain = export_module(net, mask).eval()
+    path = export_python(plain, arch_of(net, mask), tmp_path / "found.py")
+    x = torch.randn(2, *net.input_shape)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(plain(x), tmp_path / "want.pt")
+    # `sys.modules["bsnet"] = None` makes any import of bsnet fail: the file must not need it.
+    script = ("import sys, torch\n"
+              "sys.modules['bsnet'] = None\n"
+              "from found import FoundNetwork\n"
+              "m = FoundNetwork.from_safetensors('found.safetensors')\n"
+              "with torch.no_grad():\n"
+              "    d = (m(torch.load('x.pt')) - torch.load('want.pt')).abs().max().item()\n"
+              "assert d <= 1e-5, d\n"
+              "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_weights_round_trip_with_the_architecture_inside(small_net, tmp_path):
+    net = small_net.eval()
+    mask = connected_masks(net, 1, seed=9)[0]
+    plain = export_module(net, mask).eval()
+    arch = arch_of(net, mask)
+    save_weights(plain, arch, tmp_path / "m.safetensors")
+    state, back = read_weights(tmp_path / "m.safetensors")
+    assert back.kept == arch.kept
+    loaded = bsnet.load(tmp_path / "m.safetensors")
+    x = torch.randn(2, *net.input_shape)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), plain(x))
