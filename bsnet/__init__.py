@@ -7,8 +7,9 @@ from bsnet.graph import Graph
 from bsnet.supernet import SuperNetwork
 from bsnet.export import export_module  # noqa: E402
 from bsnet.export.load import load  # noqa: E402
+from bsnet.from_model import from_model  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Architecture", "BernoulliGates", "Cost", "FlopsCost", "FunctionCost", "Graph", "LatencyCost", "ParallelCost",
-           "ParamsCost", "SuperNetwork", "create_supernet", "export_module", "list_supernets", "load", "register_supernet", "__version__"]
+           "ParamsCost", "SuperNetwork", "create_supernet", "export_module", "from_model", "list_supernets", "load", "register_supernet", "__version__"]

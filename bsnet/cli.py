@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import yaml
 
-EXIT_USAGE, EXIT_BUDGET = 2, 3
+EXIT_USAGE, EXIT_BUDGET, EXIT_DIVERGED = 2, 3, 4
 
 SEARCH_DEFAULTS: dict[str, Any] = {
     "supernet": "cnf",
@@ -42,8 +42,33 @@ def _key_values(items: Sequence[str] | None, option: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"{option} takes KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML reads 1e30 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip().replace("-", "_")] = parsed
     return out
+
+
+def _typed(config_cls: type, values: dict[str, Any], what: str) -> Any:
+    """`config_cls(**values)` with each value checked against (and converted to) its field's default type."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise UsageError(f"unknown {what} setting {key!r} (known: {', '.join(sorted(fields))})")
+        default = fields[key].default
+        kind = type(default) if default is not dataclasses.MISSING and default is not None else None
+        if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if kind is int and float(value) != int(value):
+                raise UsageError(f"{what} setting {key} must be an integer, got {value!r}")
+            value = kind(value)
+        elif kind is not None and not isinstance(value, kind):
+            raise UsageError(f"{what} setting {key} must be a {kind.__name__}, got {value!r}")
+        out[key] = value
+    return config_cls(**out)
 
 
 def resolve_search_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,7 +158,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from bsnet.architecture import Architecture
     from bsnet.budgets import parse_budget
     from bsnet.data import batches, load_dataset, num_batches
-    from bsnet.search import BudgetedSearch, BudgetError, SearchConfig, all_costs, evaluate, finetune, recalibrate_bn
+    from bsnet.search import (BudgetedSearch, BudgetError, NonFiniteLossError, SearchConfig, all_costs, evaluate,
+                              finetune, recalibrate_bn)
 
     err = Console(stderr=True)
     if args.resume and args.out and (Path(args.out) / "architecture.json").exists():
@@ -147,10 +173,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         cfg = resolve_search_config(args)
     device = _device(cfg["device"])
     torch.manual_seed(cfg["seed"])
-    try:
-        search_cfg = SearchConfig(**{"seed": cfg["seed"], **cfg["search_config"]})
-    except TypeError as e:
-        raise UsageError(f"search_config: {e}") from None
+    search_cfg = _typed(SearchConfig, {"seed": cfg["seed"], **cfg["search_config"]}, "search")
     data = load_dataset(cfg["dataset"], cfg["data_dir"], val_size=cfg["val_size"], seed=cfg["seed"])
     net = build_supernet(cfg["supernet"], cfg["supernet_config"], data)
     cfg["supernet_config"] = net.config  # fully resolved
@@ -165,15 +188,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     run_dir = runs.prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     cfg["search_config"] = dataclasses.asdict(search_cfg)
     ckpt_dir = run_dir / "checkpoints"
-    start = 0
-    best_val = -1.0
+    start, best_val = 0, -1.0
     if args.resume:
-        try:
-            state, meta = runs.load_checkpoint(ckpt_dir, "latest")
-            search.load_state_dict(state)
+        state, meta, messages = runs.load_latest_checkpoint(ckpt_dir)
+        for m in messages:
+            print(f"bsnet: warning: {m}", file=sys.stderr)
+        if state is None:
+            print("bsnet: warning: no intact checkpoint: starting from the beginning", file=sys.stderr)
+        else:
+            search.load_state_dict(state["search"])
+            runs.set_rng_state(state["rng"])
             start, best_val = int(meta["epoch"]), float(meta.get("best_val", -1.0))
-        except runs.RunDirError as e:
-            err.print(f"[yellow]{e}; starting from the beginning[/yellow]")
         runs.truncate_metrics(run_dir / "metrics.jsonl", start)
     else:
         runs.write_yaml(run_dir / "config.yaml", cfg)
@@ -194,10 +219,20 @@ def cmd_search(args: argparse.Namespace) -> int:
             task = progress.add_task(f"epoch {epoch + 1}/{cfg['epochs']}", total=steps_per_epoch, info="")
             stats = []
             for x, y in train_batches(epoch):
-                s = search.step(x, y)
+                runs.kill_point(f"step:{search.steps}")
+                try:
+                    s = search.step(x, y)
+                except NonFiniteLossError as e:
+                    print(f"bsnet: error: {e}: the search stopped; the last good checkpoint is kept in {ckpt_dir} "
+                          f"(epoch {epoch}); lower the learning rate and rerun", file=sys.stderr)
+                    return EXIT_DIVERGED
+                if s.skipped:
+                    continue
                 stats.append(s)
                 progress.update(task, advance=1, info=f"loss {s.loss:.3f} acc {s.accuracy:.3f} " + " ".join(
                     f"{n} {c / limit_of[n]:.0%}·b λ {float(lam):.2g}" for n, c, lam in zip(names, s.costs, search.lambdas)))
+            if not stats:  # every step of the epoch was skipped: nothing to report, nothing to save
+                continue
             n = sum(s.examples for s in stats)
             found = search.found()
             val_acc = evaluate(net, found.mask, batches(data.val, 256), device)
@@ -212,19 +247,21 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "lambda": dict(zip(names, search.lambdas.tolist())),
                 "entropy": search.mean_entropy(),
                 "disconnected": sum(s.disconnected for s in stats) / len(stats),
+                "skipped_steps": search.nonfinite_steps,
                 "seconds": time.time() - t0,
             }
             runs.append_metrics(run_dir / "metrics.jsonl", record)
             meta = {"epoch": epoch + 1, "best_val": max(best_val, val_acc), "bsnet_version": bsnet.__version__}
-            runs.save_checkpoint(ckpt_dir, "latest", search.state_dict(), meta)
+            state = {"search": search.state_dict(), "rng": runs.rng_state()}
+            runs.save_epoch_checkpoint(ckpt_dir, epoch + 1, state, meta)
             if val_acc > best_val:
                 best_val = val_acc
-                runs.save_checkpoint(ckpt_dir, "best", search.state_dict(), meta)
+                runs.save_checkpoint(ckpt_dir, "best", state, meta)
 
         try:
             found = search.found()
         except BudgetError as e:
-            err.print(f"bsnet: error: {e}")
+            print(f"bsnet: error: {e}", file=sys.stderr)
             return EXIT_BUDGET
         mask = found.mask
         recal_batches = lambda: train_batches(0, augment=False)  # noqa: E731
@@ -248,8 +285,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     full_cost = all_costs(net, net.full_mask(), extra, cfg["parallel_workers"])
     metrics = {"test_acc": ft_acc if ft_acc is not None else search_acc, "test_acc_search_weights": search_acc,
                "val_acc_search_weights": search_val, "test_acc_finetuned": ft_acc, "full_test_acc": full_acc,
-               "epochs": cfg["epochs"], "finetune_epochs": cfg["finetune_epochs"], "seconds": time.time() - t0,
-               "repaired": found.repaired}
+               "epochs": cfg["epochs"], "finetune_epochs": cfg["finetune_epochs"], "repaired": found.repaired,
+               "skipped_steps": search.nonfinite_steps}
     arch = Architecture(supernet=net.name, supernet_config=net.config,
                         gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
                         kept=[g for g, m in zip(net.gate_names, mask.tolist()) if m > 0.5],

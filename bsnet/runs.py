@@ -4,7 +4,7 @@ Layout of a search run:
 
     config.yaml          the fully resolved configuration (`bsnet search --config` reruns it)
     metrics.jsonl        one JSON object per finished epoch
-    checkpoints/         latest.{safetensors,json} and best.{safetensors,json}
+    checkpoints/         epoch-NNNN.{safetensors,json} (the two newest) and best.{safetensors,json}
     architecture.json    written when the search has finished
     weights.safetensors  the found network's fine-tuned weights (live nodes only)
     search.png, architecture.png
@@ -14,14 +14,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import signal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "architecture.json", "checkpoints")
+CHECKPOINT_FORMAT = 1
+
+# Test-only fault injection: the process kills itself (SIGKILL) when it reaches the named point, e.g.
+# `step:37` (before global step 37), `checkpoint:tensors:epoch-0002` (tensors written to a temporary file, not
+# yet in place) or `checkpoint:json:epoch-0002` (tensors in place, their JSON not yet written).
+KILL_ENV = "BSNET_TEST_KILL_AT"
+
+
+def kill_point(point: str) -> None:
+    if os.environ.get(KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class RunDirError(ValueError):
@@ -152,7 +166,9 @@ def save_checkpoint(directory: Path, name: str, state: dict[str, Any], meta: dic
     with open(tmp, "rb+") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
         os.fsync(f.fileno())
+    kill_point(f"checkpoint:tensors:{name}")
     os.replace(tmp, blob_path)
+    kill_point(f"checkpoint:json:{name}")
     atomic_write_text(directory / f"{name}.json", json.dumps({"meta": meta, "sha256": digest, "state": skeleton}))
 
 
@@ -166,5 +182,52 @@ def load_checkpoint(directory: Path, name: str) -> tuple[dict[str, Any], dict[st
         raise RunDirError(f"checkpoint {js.with_suffix('')} cannot be read: {e}") from None
     if hashlib.sha256(data).hexdigest() != doc.get("sha256"):
         raise RunDirError(f"checkpoint {blob} is corrupted (checksum mismatch)")
-    tensors = load_file(str(blob))
-    return _unflatten(doc["state"], tensors), doc.get("meta", {})
+    try:
+        tensors = load_file(str(blob))
+        return _unflatten(doc["state"], tensors), doc.get("meta", {})
+    except Exception as e:  # a file that is not safetensors (a pickle, say) is refused, never executed
+        raise RunDirError(f"checkpoint {blob} is not a valid safetensors file: {e}") from None
+
+
+def save_epoch_checkpoint(directory: Path, epochs_done: int, state: dict[str, Any], meta: dict[str, Any],
+                          keep: int = 2) -> None:
+    """`epoch-NNNN`, then the oldest beyond `keep` removed: a damaged newest one still leaves a good one."""
+    save_checkpoint(directory, f"epoch-{epochs_done:04d}", state, {**meta, "format_version": CHECKPOINT_FORMAT})
+    names = sorted({p.name.split(".")[0] for p in directory.glob("epoch-*.*")})
+    for old in names[:-keep]:
+        for suffix in (".json", ".safetensors", ".safetensors.tmp", ".json.tmp"):
+            (directory / f"{old}{suffix}").unlink(missing_ok=True)
+
+
+def load_latest_checkpoint(directory: Path) -> tuple[dict[str, Any] | None, dict[str, Any], list[str]]:
+    """The newest checkpoint that reads back intact: (state, meta, messages about the ones skipped)."""
+    messages = []
+    names = sorted({p.name.split(".")[0] for p in directory.glob("epoch-*.*")}, reverse=True)
+    for name in names:
+        try:
+            state, meta = load_checkpoint(directory, name)
+        except RunDirError as e:
+            messages.append(f"{e}; falling back to the previous checkpoint")
+            continue
+        version = meta.get("format_version")
+        if version != CHECKPOINT_FORMAT:
+            raise RunDirError(f"checkpoint {directory / name} has format version {version}; this bsnet "
+                              f"reads version {CHECKPOINT_FORMAT}")
+        return state, meta, messages
+    return None, {}, messages
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of torch, numpy and Python, in a checkpointable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_py = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                      gauss], "python": [version, list(internal), gauss_py]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_py = state["python"]
+    random.setstate((version, tuple(internal), gauss_py))

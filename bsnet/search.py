@@ -31,6 +31,10 @@ class BudgetError(RuntimeError):
     """No connected architecture meets every budget (possible only with a user's own cost)."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN or infinite for `max_nonfinite_steps` steps in a row."""
+
+
 @dataclass
 class SearchConfig:
     """Defaults that work on the built-in fabrics (the reference's gate SGD at 1e-3 barely moves in a short run).
@@ -53,6 +57,7 @@ class SearchConfig:
     lambda_lr: float = 0.05
     fixed_lambda: float = 1e-7
     seed: int = 0
+    max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
     def __post_init__(self) -> None:
         checks = [(self.sampling in ("grouped", "per_example"), "sampling must be 'grouped' or 'per_example'"),
@@ -72,6 +77,7 @@ class StepStats:
     costs: list[float]  # mean sampled cost per budget
     disconnected: float  # fraction of sampled architectures that are disconnected
     examples: int
+    skipped: bool = False  # the loss was not finite: nothing was updated
 
 
 @dataclass
@@ -133,6 +139,8 @@ class BudgetedSearch:
         self.gate_opt = torch.optim.Adam(self.gates.parameters(), lr=cfg.gate_lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, steps_per_epoch * epochs))
         self.steps = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_steps = 0
 
     # ---- one step -------------------------------------------------------------------------------
     def _costs(self, masks: torch.Tensor) -> torch.Tensor:
@@ -152,6 +160,8 @@ class BudgetedSearch:
         cfg, net = self.config, self.net
         net.train()
         x, y = x.to(self.device), y.to(self.device)
+        # BatchNorm updates its running statistics during the forward: keep a copy to undo a diverging step.
+        buffers = [(b, b.detach().clone()) for b in net.buffers()]
         if cfg.sampling == "grouped":
             k = min(cfg.groups, x.shape[0])
             masks, logp = self.gates.sample(k, self.generator)
@@ -163,6 +173,17 @@ class BudgetedSearch:
             out = net(x, masks.to(self.device))
             group_of = torch.arange(x.shape[0], device=self.device)
         losses = task_loss(out, y)
+        if not bool(torch.isfinite(losses).all()):
+            # A diverging step updates nothing; too many in a row stop the search (the caller keeps its checkpoint).
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_steps += 1
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                raise NonFiniteLossError(f"the loss was NaN or infinite for {self.nonfinite_in_a_row} steps in a row")
+            return StepStats(float("nan"), float("nan"), [float("nan")] * len(self.budgets), 0.0, x.shape[0], True)
+        self.nonfinite_in_a_row = 0
         n_arch = masks.shape[0]
         arch_loss = torch.zeros(n_arch, device=self.device).index_add(0, group_of, losses.detach())
         arch_loss = arch_loss / torch.bincount(group_of, minlength=n_arch).clamp(min=1)
@@ -255,7 +276,8 @@ class BudgetedSearch:
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "gates": self.gates.state_dict(), "opt": self.opt.state_dict(),
                 "gate_opt": self.gate_opt.state_dict(), "sched": self.sched.state_dict(), "lambdas": self.lambdas,
-                "ema_reward": self.ema_reward, "generator": self.generator.get_state(), "steps": self.steps}
+                "ema_reward": self.ema_reward, "generator": self.generator.get_state(), "steps": self.steps,
+                "nonfinite_steps": self.nonfinite_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
@@ -267,6 +289,7 @@ class BudgetedSearch:
         self.ema_reward = state["ema_reward"]
         self.generator.set_state(state["generator"])
         self.steps = int(state["steps"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
 
 # ---- evaluation helpers (used by the CLI, export and training) ----------------------------------------

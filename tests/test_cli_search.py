@@ -21,7 +21,7 @@ def finished_run(tmp_path_factory):
 def test_search_writes_a_complete_run_directory(finished_run):
     out = finished_run
     for f in ("config.yaml", "metrics.jsonl", "architecture.json", "weights.safetensors", "search.png",
-              "architecture.png", "checkpoints/latest.safetensors", "checkpoints/latest.json",
+              "architecture.png", "checkpoints/epoch-0002.safetensors", "checkpoints/epoch-0002.json", "checkpoints/epoch-0001.json",
               "checkpoints/best.safetensors"):
         assert (out / f).exists(), f
     arch = json.loads((out / "architecture.json").read_text())
@@ -50,9 +50,9 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert main(["search", *TINY, "--out", str(out)]) == 0
     # As if killed during epoch 2, after its metrics line but before its checkpoint: the checkpoint says 1 epoch.
     (out / "architecture.json").unlink()
-    doc = json.loads((out / "checkpoints" / "latest.json").read_text())
+    doc = json.loads((out / "checkpoints" / "epoch-0002.json").read_text())
     doc["meta"]["epoch"] = 1
-    (out / "checkpoints" / "latest.json").write_text(json.dumps(doc))
+    (out / "checkpoints" / "epoch-0002.json").write_text(json.dumps(doc))
     assert main(["search", "--out", str(out), "--resume"]) == 0
     assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert (out / "architecture.json").exists()
