@@ -44,9 +44,17 @@ class Architecture:
                 raise ValueError("this architecture comes from a custom super network: pass its factory "
                                  "(build(supernet=...) in Python, --model package.module:factory on the command line)")
             return create_supernet(self.supernet, **self.supernet_config)
-        net = supernet if isinstance(supernet, SuperNetwork) else supernet()
+        net = supernet if isinstance(supernet, (SuperNetwork, torch.nn.Module)) else supernet()
+        if not isinstance(net, SuperNetwork) and isinstance(net, torch.nn.Module) and "from_model" in self.supernet_config:
+            # A user's own model (`bsnet.from_model`): converted again the way the search converted it.
+            from bsnet.from_model import from_model
+            shape = self.supernet_config.get("input_shape")
+            if not shape:
+                raise ValueError("the architecture does not record the model's input shape")
+            net = from_model(net, torch.zeros(1, *shape), gate=self.supernet_config.get("gate", "residual"))
         if not isinstance(net, SuperNetwork):
-            raise ValueError(f"the factory returned a {type(net).__name__}, not a bsnet SuperNetwork")
+            raise ValueError(f"the factory returned a {type(net).__name__}, not a bsnet SuperNetwork or a model "
+                             "this architecture was searched on")
         return net
 
     def build(self, supernet=None) -> torch.nn.Module:

@@ -29,6 +29,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "cpu",
     "search_config": {},
+    "model": None,  # package.module:factory of the user's own model (recorded; export etc. need it passed again)
+    "input_shape": None,
 }
 
 
@@ -116,9 +118,24 @@ def resolve_search_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
-def build_supernet(name: str, config: dict[str, Any], data) -> Any:
-    """A registered super network, its input size, channels, classes and task filled in from the data."""
+def build_supernet(name: str, config: dict[str, Any], data, model: str | None = None,
+                   input_shape: Sequence[int] | None = None) -> Any:
+    """A registered super network, its input size, channels, classes and task filled in from the data; or the
+    user's own model (`--model package.module:factory`) turned into one with `bsnet.from_model`."""
     import bsnet
+    if model is not None:
+        import torch
+        factory = _model_factory(model)
+        shape = tuple(input_shape) if input_shape else tuple(data.input_shape)
+        try:
+            user_model = factory()
+        except Exception as e:
+            raise UsageError(f"--model {model} failed to build the model: {type(e).__name__}: {e}") from None
+        if not isinstance(user_model, torch.nn.Module):
+            raise UsageError(f"--model {model} returned a {type(user_model).__name__}, not a torch.nn.Module")
+        net = bsnet.from_model(user_model, torch.zeros(1, *shape))
+        net.config["input_shape"] = list(shape)
+        return net
     from bsnet.fabrics.registry import supernet_config
     fields = {f.name for f in dataclasses.fields(supernet_config(name))}
     cfg = dict(config)
@@ -175,8 +192,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg["seed"])
     search_cfg = _typed(SearchConfig, {"seed": cfg["seed"], **cfg["search_config"]}, "search")
     data = load_dataset(cfg["dataset"], cfg["data_dir"], val_size=cfg["val_size"], seed=cfg["seed"])
-    net = build_supernet(cfg["supernet"], cfg["supernet_config"], data)
-    cfg["supernet_config"] = net.config  # fully resolved
+    net = build_supernet(cfg["supernet"], cfg["supernet_config"], data, cfg["model"], cfg["input_shape"])
+    cfg["supernet_config"] = net.config if cfg["model"] is None else {}  # fully resolved
     cost_opts = dict(parallel_workers=cfg["parallel_workers"], latency_table=cfg["latency_table"], device=str(device))
     budgets = [parse_budget(b, **cost_opts) for b in cfg["budget"]]
     names = [b.cost.name for b in budgets]
@@ -563,6 +580,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--device")
     s.add_argument("--search-config", nargs="*", metavar="KEY=VALUE",
                    help="trainer settings, e.g. lambda_mode=fixed fixed_lambda=1e-7 sampling=per_example")
+    s.add_argument("--model", help="package.module:factory returning your own torch model (searched over its "
+                                   "residual branches)")
+    s.add_argument("--input-shape", type=lambda v: [int(d) for d in v.split(",")], metavar="C,H,W",
+                   help="the model's input shape, where the data set does not say it")
     s.add_argument("--out", help="run directory (default: a new runs/search-NNN)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--overwrite", action="store_true", help="replace the run in --out")

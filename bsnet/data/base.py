@@ -3,7 +3,7 @@
 Large image sets (CIFAR, Part Labels) keep their pixels as uint8, four times smaller than float32
 (CIFAR-10's 50,000 training images: 150 MB instead of 600 MB), and convert each mini-batch to normalised
 floats as it is drawn; segmentation label maps are kept as uint8 likewise. `batches()` hides the difference:
-it always yields float normalised inputs and long targets.
+it always yields float normalised inputs and long targets, and `Split.x` / `Split.y` give a whole split so.
 """
 from __future__ import annotations
 
@@ -17,29 +17,50 @@ import torch
 Augment = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass
 class Split:
-    """Inputs and targets of one split.
+    """Inputs and targets of one split, stored compactly.
 
-    `x` is (N, C, H, W): either float and already normalised (`mean` and `std` None), or uint8 pixels that
-    `get` normalises with the per-channel `mean` and `std` (in pixel units, 0..255). `y` is (N,) class
-    indices or (N, H, W) per-pixel classes, long or uint8; `get` returns it as long.
+    `x_stored` is (N, C, H, W): either float and already normalised (`mean` and `std` None), or uint8 pixels
+    normalised on the way out with the per-channel `mean` and `std` (in pixel units, 0..255). `y_stored` is (N,)
+    class indices or (N, H, W) per-pixel classes, long or uint8. `get(idx)` and `batches()` convert only the
+    examples asked for; `x` and `y` convert the whole split (float normalised, long), at 4 bytes per value.
     """
-    x: torch.Tensor
-    y: torch.Tensor
-    mean: torch.Tensor | None = None  # (C,)
-    std: torch.Tensor | None = None  # (C,)
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None) -> None:
+        if (mean is None) != (std is None) or (mean is None and x.dtype == torch.uint8):
+            raise ValueError("uint8 inputs need both mean and std; float inputs are stored normalised")
+        self.x_stored, self.y_stored = x, y
+        self.mean, self.std = mean, std  # (C,) each, or None
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.y_stored)
+
+    def __repr__(self) -> str:
+        return (f"Split(n={len(self)}, x={self.x_stored.dtype} {tuple(self.x_stored.shape[1:])}, "
+                f"y={self.y_stored.dtype} {tuple(self.y_stored.shape[1:])})")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_stored.shape[1:])
 
     def get(self, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Examples `idx` as (float normalised inputs, long targets)."""
-        x, y = self.x[idx], self.y[idx]
+        x, y = self.x_stored[idx], self.y_stored[idx]
         if self.mean is not None:
             c = x.shape[1]
             x = x.float().sub_(self.mean.view(1, c, 1, 1)).div_(self.std.view(1, c, 1, 1))
         return x, y.long()
+
+    @property
+    def x(self) -> torch.Tensor:
+        """All inputs, float and normalised (a new tensor for uint8 storage: prefer `batches()` on big splits)."""
+        return self.get(slice(None))[0]
+
+    @property
+    def y(self) -> torch.Tensor:
+        """All targets, long."""
+        return self.y_stored.long()
 
 
 @dataclass
@@ -55,7 +76,7 @@ class DataSplits:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        return self.train.input_shape
 
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -93,9 +114,15 @@ def stratified_split(y: torch.Tensor, fraction: float | int, seed: int) -> tuple
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and standard deviation of (N, C, H, W) images, in their own units, computed in chunks
-    so that a uint8 set is never converted to float all at once."""
+    """Per-channel mean and standard deviation of (N, C, H, W) images, in their own units: exactly, from a
+    histogram, for uint8 pixels; in chunks for floats, so that no large float copy is made."""
     c = x.shape[1]
+    if x.dtype == torch.uint8:
+        values = torch.arange(256, dtype=torch.float64)
+        counts = torch.stack([torch.bincount(x[:, i].reshape(-1), minlength=256) for i in range(c)]).double()
+        mean = (counts * values).sum(1) / counts.sum(1)  # (C,)
+        var = (counts * (values - mean[:, None]) ** 2).sum(1) / counts.sum(1)
+        return mean.float(), var.sqrt().float()
     s = torch.zeros(c, dtype=torch.float64)
     ss = torch.zeros(c, dtype=torch.float64)
     for part in x.split(chunk):

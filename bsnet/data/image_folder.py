@@ -15,7 +15,7 @@ import torch
 
 from bsnet.data.base import DataSplits, split_three_ways
 from bsnet.data.cache import cached, files_key
-from bsnet.data.images import IMAGE_SUFFIXES, WORKERS, probe_image, read_all, rgb_reader
+from bsnet.data.images import IMAGE_SUFFIXES, WORKERS, image_reader, probe_image, read_all
 
 SPLITS = ("train", "test")
 
@@ -68,7 +68,7 @@ def read_image_folder(root: str | Path, *, workers: int = WORKERS) -> dict[str, 
     def build() -> dict[str, np.ndarray]:
         mode, size = probe_image(listing["train"][classes[0]][0].path)
         grey = mode in ("1", "L", "I", "I;16", "F")
-        x = read_all(rgb_reader(size, "L" if grey else "RGB"), [e.path for _, e in files], workers=workers)
+        x = read_all(image_reader(size, "L" if grey else "RGB"), [e.path for _, e in files], workers=workers)
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
         arrays = {"classes": np.array(classes)}
         start = 0
@@ -91,6 +91,6 @@ def load_image_folder(data_dir: str | Path | None, val_size: float | int | None 
                          "test/<class>/... in it or in one of its subfolders")
     a = read_image_folder(root, workers=workers)
     classes = tuple(str(c) for c in a["classes"])
-    return split_three_ways(root.name, torch.from_numpy(a["x_train"]), torch.from_numpy(a["y_train"]),
+    return split_three_ways("image-folder", torch.from_numpy(a["x_train"]), torch.from_numpy(a["y_train"]),
                             torch.from_numpy(a["x_test"]), torch.from_numpy(a["y_test"]), num_classes=len(classes),
                             val_size=0.1 if val_size is None else val_size, seed=seed, classes=classes)

@@ -89,6 +89,6 @@ def read_all(reader: Callable[[str], np.ndarray], paths: Sequence[str | Path], *
     return np.concatenate(parts)
 
 
-def rgb_reader(size: tuple[int, int] | None = None, mode: str = "RGB") -> Callable[[str], np.ndarray]:
+def image_reader(size: tuple[int, int] | None = None, mode: str = "RGB") -> Callable[[str], np.ndarray]:
     """A picklable reader of images of one size."""
     return partial(read_image, mode=mode, size=size)

@@ -36,22 +36,28 @@ def _masks(n: int, side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     """One shape per image: its class (n,) in 1..3 and its mask (n, side, side)."""
     yy, xx = (np.mgrid[0:side, 0:side].astype(np.float32) + 0.5) / side  # pixel centres in [0, 1]
     cls = rng.integers(1, 4, n)
-    cx, cy = (rng.uniform(0.2, 0.8, (2, n, 1, 1))).astype(np.float32)
+    cx, cy = rng.uniform(0.2, 0.8, (2, n, 1, 1)).astype(np.float32)
     r = rng.uniform(0.12, 0.28, (n, 1, 1)).astype(np.float32)
     a = rng.uniform(0, 2 * np.pi, (n, 1, 1)).astype(np.float32)
-    dx, dy = xx - cx, yy - cy  # (n, side, side)
-    circle = dx * dx + dy * dy <= r * r
-    u, v = dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)  # rotated coordinates
     aspect = rng.uniform(0.45, 0.9, (n, 1, 1)).astype(np.float32)
-    rectangle = (np.abs(u) <= r) & (np.abs(v) <= r * aspect)
-    # A triangle: three corners at radius 1.2 r, at angles a + k 2pi/3 (+ jitter); a pixel is inside when it
-    # lies on the same side of all three edges.
-    corners = a[..., None] + np.array([0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.3, 0.3, (n, 1, 1, 3))
-    px, py = 1.2 * r[..., None] * np.cos(corners), 1.2 * r[..., None] * np.sin(corners)  # (n, 1, 1, 3)
-    qx, qy = np.roll(px, -1, -1), np.roll(py, -1, -1)
-    side_of = (qx - px) * (dy[..., None] - py) - (qy - py) * (dx[..., None] - px)  # (n, side, side, 3)
-    triangle = (side_of >= 0).all(-1) | (side_of <= 0).all(-1)
-    mask = np.select([cls[:, None, None] == 1, cls[:, None, None] == 2], [circle, rectangle], triangle)
+    jitter = rng.uniform(-0.3, 0.3, (n, 1, 1, 3)).astype(np.float32)
+    mask = np.zeros((n, side, side), dtype=bool)
+    for k in (1, 2, 3):  # each image's mask computed for its own class only
+        i = cls == k
+        dx, dy, r_, a_ = xx - cx[i], yy - cy[i], r[i], a[i]  # (m, side, side)
+        if k == 1:
+            mask[i] = dx * dx + dy * dy <= r_ * r_
+        elif k == 2:
+            u, v = dx * np.cos(a_) + dy * np.sin(a_), -dx * np.sin(a_) + dy * np.cos(a_)  # rotated coordinates
+            mask[i] = (np.abs(u) <= r_) & (np.abs(v) <= r_ * aspect[i])
+        else:
+            # three corners at radius 1.2 r, at angles a + k 2pi/3 (+ jitter); a pixel is inside when it lies on
+            # the same side of all three edges
+            corners = a_[..., None] + np.array([0, 2 * np.pi / 3, 4 * np.pi / 3], np.float32) + jitter[i]
+            px, py = 1.2 * r_[..., None] * np.cos(corners), 1.2 * r_[..., None] * np.sin(corners)  # (m, 1, 1, 3)
+            qx, qy = np.roll(px, -1, -1), np.roll(py, -1, -1)
+            side_of = (qx - px) * (dy[..., None] - py) - (qy - py) * (dx[..., None] - px)  # (m, side, side, 3)
+            mask[i] = (side_of >= 0).all(-1) | (side_of <= 0).all(-1)
     return cls, mask
 
 
@@ -71,7 +77,7 @@ def make_shapes(n: int, side: int = 32, seed: int = 0, max_shapes: int = 3) -> t
         shade = 1 + 0.1 * (_texture(n, side, rng) - 0.5)  # a little texture inside the shape too
         x = np.where(mask[:, None], np.clip(colour * shade, 0, 1), x)
         y = np.where(mask, cls[:, None, None].astype(np.uint8), y)
-    x = np.clip(x + rng.normal(0, 0.04, x.shape).astype(np.float32), 0, 1)
+    x = np.clip(x + 0.04 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
     return x.astype(np.float32), y
 
 

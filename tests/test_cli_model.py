@@ -1,0 +1,59 @@
+"""`bsnet search --model package.module:factory` on a user's own network, then export, train and eval with it."""
+import json
+
+import torch
+from torch import nn
+
+import bsnet
+from bsnet.cli import main
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+class SmallResNet(nn.Module):
+    """A model of the user's own, for 1x8x8 digits: a stem, four residual blocks, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(*[Block(8) for _ in range(4)])
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def small_resnet() -> nn.Module:
+    """A factory as users write them."""
+    torch.manual_seed(0)
+    return SmallResNet()
+
+
+def test_search_a_users_model_under_half_its_flops(tmp_path, capsys):
+    out = tmp_path / "run"
+    model = "tests.test_cli_model:small_resnet"
+    assert main(["search", "--model", model, "--budget", "50%", "--epochs", "2", "--finetune-epochs", "1",
+                 "--out", str(out)]) == 0
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["supernet"] is None and arch["cost"]["flops"] <= 0.5 * arch["full_cost"]["flops"]
+    assert arch["supernet_config"]["input_shape"] == [1, 8, 8]
+    # the factory is passed again: a run directory never makes bsnet import code by itself
+    assert main(["export", str(out), "--format", "pt"]) == 2
+    assert "factory" in capsys.readouterr().err
+    for fmt in ("pt", "onnx", "python"):
+        assert main(["export", str(out), "--format", fmt, "--model", model]) == 0
+    plain = bsnet.load(out / "export" / "model.safetensors", supernet=small_resnet)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(plain(x), bsnet.load(out, supernet=small_resnet)(x))
+    assert main(["eval", str(out), "--model", model]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert abs(report["flops"] - arch["cost"]["flops"]) <= 0.01 * arch["cost"]["flops"]
