@@ -171,8 +171,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import bsnet
-    from bsnet import runs
+    from bsnet import distributed, runs
     from bsnet.architecture import Architecture
+    from bsnet.costs import LatencyCost
     from bsnet.budgets import parse_budget
     from bsnet.data import batches, load_dataset, num_batches
     from bsnet.search import (BudgetedSearch, BudgetError, NonFiniteLossError, SearchConfig, all_costs, evaluate,
@@ -189,6 +190,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_search_config(args)
     device = _device(cfg["device"])
+    rank, world = distributed.setup(str(device))  # torchrun: data-parallel over `world` processes
+    device = torch.device(distributed.local_device(str(device)))
     torch.manual_seed(cfg["seed"])
     search_cfg = _typed(SearchConfig, {"seed": cfg["seed"], **cfg["search_config"]}, "search")
     data = load_dataset(cfg["dataset"], cfg["data_dir"], val_size=cfg["val_size"], seed=cfg["seed"])
@@ -199,10 +202,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     names = [b.cost.name for b in budgets]
     if len(set(names)) != len(names):
         raise UsageError(f"one budget per cost, got {', '.join(cfg['budget'])}")
-    steps_per_epoch = num_batches(data.train, cfg["batch_size"])
+    for b in budgets:  # measured once, on rank 0, so that every rank optimises the same numbers
+        if isinstance(b.cost, LatencyCost) and world > 1:
+            if rank == 0:
+                b.cost.node_costs(net)
+            b.cost.table = distributed.broadcast(b.cost.table)
+    steps_per_epoch = num_batches(data.train, cfg["batch_size"], drop_last=True, world=world)
+    if steps_per_epoch < 1:
+        raise UsageError(f"batch size {cfg['batch_size']} is larger than the training set's share per process")
     search = BudgetedSearch(net, budgets, search_cfg, steps_per_epoch=steps_per_epoch, epochs=cfg["epochs"],
                             device=device)
-    run_dir = runs.prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    # Only rank 0 writes; the others learn the directory (or rank 0's refusal) from it.
+    prepared: Any = None
+    if rank == 0:
+        try:
+            prepared = str(runs.prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite))
+        except runs.RunDirError as e:
+            prepared = ("error", str(e))
+    prepared = distributed.broadcast(prepared)
+    if isinstance(prepared, tuple):
+        raise runs.RunDirError(prepared[1])
+    run_dir = Path(prepared)
+    main_rank = rank == 0
     cfg["search_config"] = dataclasses.asdict(search_cfg)
     ckpt_dir = run_dir / "checkpoints"
     start, best_val = 0, -1.0
@@ -216,20 +237,23 @@ def cmd_search(args: argparse.Namespace) -> int:
             search.load_state_dict(state["search"])
             runs.set_rng_state(state["rng"])
             start, best_val = int(meta["epoch"]), float(meta.get("best_val", -1.0))
-        runs.truncate_metrics(run_dir / "metrics.jsonl", start)
-    else:
+        if main_rank:
+            runs.truncate_metrics(run_dir / "metrics.jsonl", start)
+    elif main_rank:
         runs.write_yaml(run_dir / "config.yaml", cfg)
 
     def train_batches(epoch: int, augment: bool = True):
         g = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch)  # the data order depends on (seed, epoch)
-        for x, y in batches(data.train, cfg["batch_size"], shuffle=True, generator=g):
+        # drop_last: a last batch of a few examples, split into K groups, would hold BatchNorm groups of one
+        for x, y in batches(data.train, cfg["batch_size"], shuffle=True, generator=g, rank=rank, world=world,
+                            drop_last=True):
             if augment and data.augment is not None:
                 x, y = data.augment(x, y, g)
             yield x, y
 
     limit_of = {b.cost.name: limit for b, limit in zip(budgets, search.limits)}
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[info]}"), console=err, transient=False)
+                        TextColumn("{task.fields[info]}"), console=err, transient=False, disable=not main_rank)
     t0 = time.time()
     with progress:
         for epoch in range(start, cfg["epochs"]):
@@ -250,13 +274,17 @@ def cmd_search(args: argparse.Namespace) -> int:
                     f"{n} {c / limit_of[n]:.0%}·b λ {float(lam):.2g}" for n, c, lam in zip(names, s.costs, search.lambdas)))
             if not stats:  # every step of the epoch was skipped: nothing to report, nothing to save
                 continue
-            n = sum(s.examples for s in stats)
             found = search.found()
-            val_acc = evaluate(net, found.mask, batches(data.val, 256), device)
+            val_shard = list(batches(data.val, 256, rank=rank, world=world))
+            n_val = sum(len(y) for _, y in val_shard)
+            loss_sum, acc_sum, n, val_hits, n_val = distributed.sum_over_ranks([
+                sum(s.loss * s.examples for s in stats), sum(s.accuracy * s.examples for s in stats),
+                float(sum(s.examples for s in stats)), evaluate(net, found.mask, val_shard, device) * n_val, n_val])
+            val_acc = val_hits / n_val  # reduced over ranks
             record = {
                 "epoch": epoch,
-                "train_loss": sum(s.loss * s.examples for s in stats) / n,
-                "train_acc": sum(s.accuracy * s.examples for s in stats) / n,
+                "train_loss": loss_sum / n,
+                "train_acc": acc_sum / n,
                 "val_acc": val_acc,
                 "expected_cost": dict(zip(names, search.expected_costs())),
                 "sampled_cost": {nm: sum(s.costs[j] for s in stats) / len(stats) for j, nm in enumerate(names)},
@@ -267,18 +295,26 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "skipped_steps": search.nonfinite_steps,
                 "seconds": time.time() - t0,
             }
-            runs.append_metrics(run_dir / "metrics.jsonl", record)
             meta = {"epoch": epoch + 1, "best_val": max(best_val, val_acc), "bsnet_version": bsnet.__version__}
-            state = {"search": search.state_dict(), "rng": runs.rng_state()}
-            runs.save_epoch_checkpoint(ckpt_dir, epoch + 1, state, meta)
-            if val_acc > best_val:
-                best_val = val_acc
-                runs.save_checkpoint(ckpt_dir, "best", state, meta)
+            if main_rank:
+                runs.append_metrics(run_dir / "metrics.jsonl", record)
+                state = {"search": search.state_dict(), "rng": runs.rng_state()}
+                runs.save_epoch_checkpoint(ckpt_dir, epoch + 1, state, meta)
+                if val_acc > best_val:
+                    runs.save_checkpoint(ckpt_dir, "best", state, meta)
+            best_val = max(best_val, val_acc)
+
+        _dump_rank_state(search, rank)
+        if not main_rank:  # the found architecture is evaluated, fine-tuned and written by rank 0 alone
+            distributed.barrier()
+            distributed.teardown()
+            return 0
 
         try:
             found = search.found()
         except BudgetError as e:
             print(f"bsnet: error: {e}", file=sys.stderr)
+            distributed.barrier()
             return EXIT_BUDGET
         mask = found.mask
         recal_batches = lambda: train_batches(0, augment=False)  # noqa: E731
@@ -316,7 +352,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     plot_architecture(net, mask, search.gates.probs().detach().cpu(), run_dir / "architecture.png")
     arch.to_json(run_dir / "architecture.json")  # last: its presence marks the run as finished
     print_summary(arch, run_dir)
+    distributed.barrier()
+    distributed.teardown()
     return 0
+
+
+def _dump_rank_state(search, rank: int) -> None:
+    """Test-only (BSNET_TEST_RANK_STATE_DIR): every rank writes its weights, gates and λ, to compare ranks."""
+    import os
+    where = os.environ.get("BSNET_TEST_RANK_STATE_DIR")
+    if where:
+        from safetensors.torch import save_file
+        state = {f"net.{k}": v.contiguous() for k, v in search.net.state_dict().items()}
+        state.update({"gates": search.gates.logits.detach().contiguous(), "lambdas": search.lambdas.contiguous()})
+        save_file(state, str(Path(where) / f"rank{rank}.safetensors"))
 
 
 def print_summary(arch, run_dir: Path) -> None:

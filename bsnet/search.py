@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -138,6 +139,10 @@ class BudgetedSearch:
                                    nesterov=True)
         self.gate_opt = torch.optim.Adam(self.gates.parameters(), lr=cfg.gate_lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, steps_per_epoch * epochs))
+        # Data-parallel (torchrun): every rank samples the same architectures (one seed), sees its own data shard;
+        # the losses of each architecture, the gradients and BatchNorm statistics are averaged over ranks, so the
+        # weights, gates and λ stay identical everywhere and the estimator is that of the global batch.
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.steps = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_steps = 0
@@ -163,7 +168,7 @@ class BudgetedSearch:
         # BatchNorm updates its running statistics during the forward: keep a copy to undo a diverging step.
         buffers = [(b, b.detach().clone()) for b in net.buffers()]
         if cfg.sampling == "grouped":
-            k = min(cfg.groups, x.shape[0])
+            k = min(cfg.groups, max(1, x.shape[0] // 2))  # at least 2 examples per group (BatchNorm)
             masks, logp = self.gates.sample(k, self.generator)
             out = net(x, masks.to(self.device), grouped=True)
             sizes = [len(c) for c in torch.tensor_split(torch.arange(x.shape[0]), k)]
@@ -173,7 +178,10 @@ class BudgetedSearch:
             out = net(x, masks.to(self.device))
             group_of = torch.arange(x.shape[0], device=self.device)
         losses = task_loss(out, y)
-        if not bool(torch.isfinite(losses).all()):
+        finite = torch.isfinite(losses).all().float().reshape(1)
+        if self.world > 1:  # every rank must skip the same steps
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite.item()):
             # A diverging step updates nothing; too many in a row stop the search (the caller keeps its checkpoint).
             self.nonfinite_in_a_row += 1
             self.nonfinite_steps += 1
@@ -186,7 +194,12 @@ class BudgetedSearch:
         self.nonfinite_in_a_row = 0
         n_arch = masks.shape[0]
         arch_loss = torch.zeros(n_arch, device=self.device).index_add(0, group_of, losses.detach())
-        arch_loss = arch_loss / torch.bincount(group_of, minlength=n_arch).clamp(min=1)
+        counts = torch.bincount(group_of, minlength=n_arch).to(arch_loss.dtype)
+        if self.world > 1 and cfg.sampling == "grouped":  # the same K architectures on every rank's shard
+            both = torch.stack([arch_loss, counts])
+            dist.all_reduce(both)
+            arch_loss, counts = both[0], both[1]
+        arch_loss = arch_loss / counts.clamp(min=1)
         costs = self._costs(masks)
         reward = -(arch_loss.double().cpu() + self._penalty(costs))
         if cfg.baseline == "loo" and n_arch > 1:
@@ -199,11 +212,18 @@ class BudgetedSearch:
         self.opt.zero_grad(set_to_none=True)
         self.gate_opt.zero_grad(set_to_none=True)
         (losses.mean() - (advantage.detach() * logp).mean()).backward()
+        if self.world > 1:
+            self._average_over_ranks([p.grad for p in self.params_with_grad()])
         self.opt.step()
         self.gate_opt.step()
         self.sched.step()
+        if self.world > 1:
+            self._average_over_ranks([b for b in net.buffers() if b.is_floating_point()])
         if cfg.baseline == "ema":
-            m = float(reward.mean())
+            mean_reward = reward.mean().reshape(1)
+            if self.world > 1:
+                self._average_over_ranks([mean_reward])
+            m = float(mean_reward)
             self.ema_reward = m if self.ema_reward is None else cfg.ema_decay * self.ema_reward + (1 - cfg.ema_decay) * m
         if cfg.lambda_mode == "adaptive" and self.budgets:
             violation = costs.mean(1) / torch.tensor(self.limits, dtype=torch.float64) - 1
@@ -212,6 +232,20 @@ class BudgetedSearch:
         connected = self.net.graph.connected(masks)
         return StepStats(float(losses.detach().mean()), float(correct(out.detach(), y).mean()), costs.mean(1).tolist(),
                          1.0 - float(connected.float().mean()), x.shape[0])
+
+    def params_with_grad(self) -> list[torch.Tensor]:
+        return [p for p in list(self.net.parameters()) + list(self.gates.parameters()) if p.grad is not None]
+
+    def _average_over_ranks(self, tensors: list[torch.Tensor]) -> None:
+        if not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])  # one message per step
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))
+            offset += t.numel()
 
     # ---- reading the distribution -------------------------------------------------------------
     def expected_costs(self, samples: int = 256) -> list[float]:

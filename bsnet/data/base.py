@@ -79,19 +79,31 @@ class DataSplits:
         return self.train.input_shape
 
 
+def shard_order(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of `order`, padded by wrapping around so that every rank gets as many (as
+    DistributedSampler does)."""
+    if world == 1:
+        return order
+    per_rank = -(-len(order) // world)
+    padded = torch.cat([order, order[: per_rank * world - len(order)]])
+    return padded[rank::world]
+
+
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-            drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            drop_last: bool = False, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches (float normalised x, long y) of an in-memory split; with `shuffle`, the order comes from
-    `generator` alone."""
-    n = len(split)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    `generator` alone. With `world > 1`, the batches of one rank's shard of that order."""
+    order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
+    order = shard_order(order, rank, world)
+    n = len(order)
     stop = n - n % batch_size if drop_last else n
     for i in range(0, stop, batch_size):
         yield split.get(order[i:i + batch_size])
 
 
-def num_batches(split: Split, batch_size: int, drop_last: bool = False) -> int:
-    return len(split) // batch_size if drop_last else -(-len(split) // batch_size)
+def num_batches(split: Split, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
+    n = -(-len(split) // world)
+    return n // batch_size if drop_last else -(-n // batch_size)
 
 
 def stratified_split(y: torch.Tensor, fraction: float | int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
