@@ -579,6 +579,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bsnet sweep ----------------------------------------------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bsnet.sweep import run_sweep
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+    if not budgets:
+        raise UsageError("--budgets takes a comma-separated list, e.g. 10%,20%,40%")
+    if "--out" in args.search_args or "--resume" in args.search_args:
+        raise UsageError("the sweep chooses each run's --out under its own --out; drop --out/--resume from the search options")
+    from bsnet.budgets import parse_value
+    for b in budgets:
+        if parse_value(b)[0] <= 0:
+            raise UsageError(f"budget {b!r} must be positive")
+    runs = run_sweep(budgets, Path(args.out), args.search_args, cost=args.sweep_cost, workers=args.workers,
+                     engine=args.engine, train_epochs=args.train_epochs)
+    for r in runs:
+        result = (f"{args.sweep_cost} {r.cost:.4g}, accuracy {100 * r.accuracy:.2f}%" if r.status != "failed"
+                  else f"FAILED: {r.error}")
+        print(f"{r.budget:>8}  {r.status:<9} {result}  ({r.run_dir})")
+    print(f"sweep written to {Path(args.out) / 'sweep.csv'}")
+    return 0 if all(r.status != "failed" for r in runs) else 1
+
+
 # ---- bsnet profile --------------------------------------------------------------------------------------
 def cmd_profile(args: argparse.Namespace) -> int:
     import torch
@@ -646,6 +668,15 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-run-time", type=float, default=0.05, help="seconds of timing per node")
     pr.add_argument("--out", required=True)
     pr.set_defaults(func=cmd_profile)
+    sw = sub.add_parser("sweep", help="one search per budget, in parallel worker processes or on a Ray cluster; "
+                                      "other options go to each `bsnet search`")
+    sw.add_argument("--budgets", required=True, help="comma-separated budgets of the swept cost, e.g. 10%%,20%%,40%%")
+    sw.add_argument("--sweep-cost", default="flops", help="the swept cost (default flops)")
+    sw.add_argument("--workers", type=int, default=1)
+    sw.add_argument("--engine", choices=("local", "ray"), default="local")
+    sw.add_argument("--train-epochs", type=int, default=0, help="then `bsnet train` each found network")
+    sw.add_argument("--out", required=True)
+    sw.set_defaults(func=cmd_sweep, search_args=[])
     e = sub.add_parser("export", help="export a run's found network: pt (safetensors), onnx or python")
     e.add_argument("run_dir")
     e.add_argument("--format", choices=("pt", "onnx", "python"), default="pt")
@@ -686,7 +717,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["search"]  # `bsnet` alone runs the embedded demo
-    args = make_parser().parse_args(argv)
+    if argv[0] == "sweep":  # the options it does not know are each search's own
+        args, rest = make_parser().parse_known_args(argv)
+        args.search_args = rest
+    else:
+        args = make_parser().parse_args(argv)
     if args.command is None:
         args = make_parser().parse_args(["search", *argv])
     from bsnet.runs import RunDirError

@@ -83,3 +83,25 @@ def plot_architecture(net, mask: torch.Tensor, probs: torch.Tensor, path: Path, 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_pareto(costs: Sequence[float], accuracies: Sequence[float], labels: Sequence[str], cost_name: str,
+                path: Path) -> None:
+    """Accuracy against cost, one point per run, the Pareto front joined."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    ax.scatter(costs, accuracies, zorder=3)
+    for c, a, label in zip(costs, accuracies, labels):
+        ax.annotate(label, (c, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front, best = [], -1.0
+    for c, a in sorted(zip(costs, accuracies)):
+        if a > best:
+            front.append((c, a))
+            best = a
+    ax.plot([c for c, _ in front], [a for _, a in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel(cost_name)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
