@@ -332,6 +332,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             finetune(found_net, mask, lambda e: train_batches(10_000 + e), cfg["finetune_epochs"], steps_per_epoch,
                      device=device, on_step=lambda: progress.update(task, advance=1))
             ft_acc = evaluate(found_net, mask, batches(data.test, 256), device)
+        seg_scores = {}
+        if data.task == "segmentation":
+            from bsnet.train import mean_iou
+            found_net.eval()
+            seg_scores["test_miou"] = mean_iou(lambda x: found_net(x, mask.to(device)), batches(data.test, 256),
+                                               data.num_classes, device)
 
     extra = [b.cost for b in budgets if b.cost.name not in ("flops", "params", "parallel")]
     cost = all_costs(net, mask, extra, cfg["parallel_workers"])
@@ -339,7 +345,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     metrics = {"test_acc": ft_acc if ft_acc is not None else search_acc, "test_acc_search_weights": search_acc,
                "val_acc_search_weights": search_val, "test_acc_finetuned": ft_acc, "full_test_acc": full_acc,
                "epochs": cfg["epochs"], "finetune_epochs": cfg["finetune_epochs"], "repaired": found.repaired,
-               "skipped_steps": search.nonfinite_steps}
+               "skipped_steps": search.nonfinite_steps, **seg_scores}
     arch = Architecture(supernet=net.name, supernet_config=net.config,
                         gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
                         kept=[g for g, m in zip(net.gate_names, mask.tolist()) if m > 0.5],
@@ -506,7 +512,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from bsnet.costs import LatencyCost, ParallelCost
     from bsnet.export.load import load_with_info
     from bsnet.runs import atomic_write_text
-    from bsnet.train import accuracy
+    from bsnet.data import batches
+    from bsnet.train import accuracy, mean_iou
     run, cfg = _open_run(args.run_dir)
     data = _run_data(cfg, args)
     factory = _model_factory(args.model)
@@ -522,6 +529,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         end_to_end = benchmark.Timer("m(x)", globals={"m": module, "x": xb}).blocked_autorange(min_run_time=0.3).median
     estimate = float(LatencyCost(batch_size=args.batch_size)(net, mask))
     report = {"weights": which, "test_acc": accuracy(module, data.test.x, data.test.y),
+              **({"test_miou": mean_iou(module, batches(data.test, 256), data.num_classes)}
+                 if data.task == "segmentation" else {}),
               "flops": int(counter.get_total_flops()), "params": sum(p.numel() for p in module.parameters()),
               "latency": end_to_end, "latency_per_node_estimate": estimate, "latency_batch_size": args.batch_size,
               "parallel": float(ParallelCost(cfg.get("parallel_workers"))(net, mask))}
@@ -532,6 +541,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     t.add_column("architecture.json", justify="right")
     label = "pixel accuracy" if data.task == "segmentation" else "test accuracy"
     t.add_row(label, f"{100 * report['test_acc']:.2f}%", "")
+    if "test_miou" in report:
+        t.add_row("mean IoU", f"{100 * report['test_miou']:.2f}%", "")
     t.add_row("FLOPs (FlopCounterMode)", _fmt(report["flops"]), _fmt(arch.cost.get("flops", 0)))
     t.add_row("parameters", _fmt(report["params"]), _fmt(arch.cost.get("params", 0)))
     t.add_row(f"latency, batch {args.batch_size}", f"{end_to_end * 1e3:.3g}ms",

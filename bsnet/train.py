@@ -84,3 +84,18 @@ def train_network(module: nn.Module, data: DataSplits, cfg: TrainConfig, *, devi
                 on_step(float(loss.detach()))
         yield {"epoch": epoch, "train_loss": total_loss / n, "train_acc": total_hit / n,
                "val_acc": accuracy(module, data.val.x, data.val.y, device=device), "lr": lr}
+
+
+@torch.no_grad()
+def mean_iou(predict: Callable[[torch.Tensor], torch.Tensor], data: Iterator[tuple[torch.Tensor, torch.Tensor]],
+             num_classes: int, device: torch.device | str = "cpu") -> float:
+    """Mean intersection over union of per-pixel predictions, over the classes present in labels or predictions."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for x, y in data:
+        pred = predict(x.to(device)).argmax(1).cpu()
+        confusion += torch.bincount(y.flatten() * num_classes + pred.flatten(),
+                                    minlength=num_classes ** 2).view(num_classes, num_classes)
+    inter = confusion.diag().double()
+    union = confusion.sum(0).double() + confusion.sum(1).double() - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else 0.0
