@@ -274,7 +274,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                     f"{n} {c / limit_of[n]:.0%}·b λ {float(lam):.2g}" for n, c, lam in zip(names, s.costs, search.lambdas)))
             if not stats:  # every step of the epoch was skipped: nothing to report, nothing to save
                 continue
-            found = search.found()
+            try:
+                found = search.found()
+            except BudgetError:  # reported at the end; meanwhile follow the most probable architecture
+                found = search.found(project=False)
             val_shard = list(batches(data.val, 256, rank=rank, world=world))
             n_val = sum(len(y) for _, y in val_shard)
             loss_sum, acc_sum, n, val_hits, n_val = distributed.sum_over_ranks([

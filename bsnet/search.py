@@ -260,7 +260,7 @@ class BudgetedSearch:
     def within_budget(self, mask: torch.Tensor) -> bool:
         return all(float(c) <= limit * (1 + 1e-9) for c, limit in zip(self._costs(mask.unsqueeze(0))[:, 0], self.limits))
 
-    def found(self) -> Found:
+    def found(self, project: bool = True) -> Found:
         """The most probable architecture, pruned, made connected and projected onto the budgets.
 
         * Disconnected mode: the most probable connected architecture, i.e. the mode plus the input→output path
@@ -279,7 +279,7 @@ class BudgetedSearch:
             result.repaired = True
         start = mask.clone()
         order = torch.argsort(logits).tolist()  # least probable first
-        while not self.within_budget(mask):
+        while project and not self.within_budget(mask):
             for g in order:
                 if mask[g] == 0:
                     continue

@@ -112,3 +112,21 @@ def test_bad_config_files(tmp_path, capsys, content, message):
 def test_console_script_reports_errors_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bsnet", "search", "--supernet", "nope"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown super network" in r.stderr
+
+
+def constant_cost(net, live):
+    """A user's own cost (`--budget tests.test_cli_search:constant_cost=...`): 5 units for any architecture."""
+    import torch
+    return torch.full((live.shape[0],), 5.0, dtype=torch.float64)
+
+
+def test_a_users_cost_from_the_command_line_and_an_unmeetable_budget(tmp_path, capsys):
+    ok = tmp_path / "ok"
+    assert main(["search", *TINY, "--budget", "tests.test_cli_search:constant_cost=6", "--out", str(ok)]) == 0
+    arch = json.loads((ok / "architecture.json").read_text())
+    assert arch["cost"]["constant_cost"] == 5.0 and arch["budget"]["constant_cost"] == 6.0
+    bad = tmp_path / "bad"
+    assert main(["search", *TINY, "--budget", "tests.test_cli_search:constant_cost=1", "--out", str(bad)]) == 3
+    err = capsys.readouterr().err
+    assert "no connected architecture meets every budget" in err
+    assert not (bad / "architecture.json").exists() and list((bad / "checkpoints").glob("epoch-*.json"))
