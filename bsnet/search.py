@@ -266,8 +266,9 @@ class BudgetedSearch:
         * Disconnected mode: the most probable connected architecture, i.e. the mode plus the input→output path
           whose dropped gates are cheapest to switch on (cost -log-odds per gate).
         * Over budget: gates are dropped one at a time, least probable first, skipping any whose removal
-          disconnects the network, until every budget holds. If no gate can be dropped, the cheapest
-          connected architecture of a budgeted cost that meets every budget is taken. Otherwise BudgetError.
+          disconnects the network, until every budget holds. If no gate can be dropped, a
+          connected path (the most probable one, else a cost's cheapest) is grown back with the most probable gates
+          while every budget holds. Otherwise BudgetError.
         """
         graph = self.net.graph
         logits = self.gates.logits.detach().cpu()
@@ -290,7 +291,7 @@ class BudgetedSearch:
                     mask = trial
                     break
             else:
-                mask = self._cheapest_within_budget()
+                mask = self._fallback_within_budget(start)
                 break
         if not torch.equal(mask, start):
             result.projected = True
@@ -298,13 +299,28 @@ class BudgetedSearch:
         result.mask = mask
         return result
 
-    def _cheapest_within_budget(self) -> torch.Tensor:
-        candidates = [c[1] for c in (b.cost.cheapest(self.net) for b in self.budgets) if c is not None]
-        ok = [self.net.graph.prune(m) for m in candidates if self.within_budget(self.net.graph.prune(m))]
-        if not ok:
+    @torch.no_grad()
+    def _fallback_within_budget(self, start: torch.Tensor) -> torch.Tensor:
+        """When no single gate can go without disconnecting the network: start from the most probable
+        input→output path (or a cost's cheapest path) that meets every budget, then add back the gates of `start`,
+        most probable first, while every budget still holds."""
+        graph = self.net.graph
+        logits = self.gates.logits.detach().cpu()
+        _, likely = graph.shortest_path(gate_cost=(-F.logsigmoid(logits)).tolist())
+        candidates = [likely] + [c[1] for c in (b.cost.cheapest(self.net) for b in self.budgets) if c is not None]
+        bases = [graph.prune(m) for m in candidates if self.within_budget(graph.prune(m))]
+        if not bases:
             raise BudgetError("no connected architecture meets every budget: " +
                               ", ".join(f"{b} ({limit:.4g} {b.cost.unit})" for b, limit in zip(self.budgets, self.limits)))
-        return max(ok, key=lambda m: float(self.gates.log_prob(m.to(self.gates.logits.device))))
+        mask = bases[0]
+        for g in torch.argsort(logits, descending=True).tolist():
+            if start[g] > 0 and mask[g] == 0:
+                trial = mask.clone()
+                trial[g] = 1.0
+                trial = graph.prune(trial)
+                if graph.connected(trial) and self.within_budget(trial):
+                    mask = trial
+        return mask
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
