@@ -63,11 +63,26 @@ def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True)
                 h = ins[0]
                 for other in ins[1:]:
                     h = fx.call_function(operator.add, (h, other))
-        values[n] = fx.call_module(attr, (h,))
+        values[n] = _call(fx, attr, root.get_submodule(attr), h)
     fx.output(values[graph.output])
     module = torch.fx.GraphModule(root, fx, class_name="FoundNetwork")
     module.train(net.training)
     return module
+
+
+def _call(fx: torch.fx.Graph, target: str, module: nn.Module, h: torch.fx.Node) -> torch.fx.Node:
+    """Call `module` on `h` in the generated code, inlining what costs Python calls and computes nothing
+    special: identities pass values through, ReLUs become `torch.relu`, Sequential containers call their
+    layers one by one. Parameter names (and so state dicts) are unchanged."""
+    if type(module) is nn.Identity:
+        return h
+    if type(module) is nn.ReLU and not module.inplace:
+        return fx.call_function(torch.relu, (h,))
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        for name, child in module.named_children():
+            h = _call(fx, f"{target}.{name}", child, h)
+        return h
+    return fx.call_module(target, (h,))
 
 
 def _zeros_like_batch(fx: torch.fx.Graph, x: torch.fx.Node, shape: tuple[int, ...]) -> torch.fx.Node:
