@@ -85,8 +85,13 @@ def test_default_run_directories_are_numbered(tmp_path, monkeypatch):
     (["--supernet-config", "widht=3"], "unknown cnf setting"),
     (["--epochs", "0"], "epochs"),
     (["--device", "tpu"], "device"),
+    (["--supernet-config", "image_size=12"], "power-of-two"),
+    (["--dataset", "image-folder", "--data-dir", "EMPTY"], "is not an image folder"),
+    (["--dataset", "cifar10", "--data-dir", "EMPTY"], "cifar"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
     assert main(["search", *args, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("bsnet: error:")
@@ -130,3 +135,24 @@ def test_a_users_cost_from_the_command_line_and_an_unmeetable_budget(tmp_path, c
     err = capsys.readouterr().err
     assert "no connected architecture meets every budget" in err
     assert not (bad / "architecture.json").exists() and list((bad / "checkpoints").glob("epoch-*.json"))
+
+
+def test_image_folder_errors_name_the_file(tmp_path, capsys):
+    from PIL import Image
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "d" / split / c / f"{i}.png")
+    bad = tmp_path / "d" / "train" / "a" / "1.png"
+    bad.write_bytes(b"not an image")
+    assert main(["search", "--dataset", "image-folder", "--data-dir", str(tmp_path / "d"),
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "1.png" in err and len(err.strip().splitlines()) == 1
+    bad.unlink()
+    for f in (tmp_path / "d" / "train" / "b").iterdir():
+        f.unlink()
+    assert main(["search", "--dataset", "image-folder", "--data-dir", str(tmp_path / "d"),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "train/b holds no images" in capsys.readouterr().err

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 ARGS = ["search", "--supernet-config", "layers=3", "channels=8", "--epochs", "2", "--finetune-epochs", "1"]
 
 
-def torchrun(out, state_dir, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BSNET_TEST_RANK_STATE_DIR": str(state_dir)}
+def torchrun(out, state_dir, *extra, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BSNET_TEST_RANK_STATE_DIR": str(state_dir), **(env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "bsnet", *ARGS, "--out", str(out), *extra], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -33,3 +33,19 @@ def test_two_processes_stay_identical_and_write_once(tmp_path):
     # --resume works the same way: a finished run is left as it is
     r = torchrun(out, tmp_path, "--resume")
     assert r.returncode == 0 and "already finished" in r.stdout
+
+
+def test_killed_distributed_run_resumes_to_the_same_state(tmp_path):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    assert torchrun(tmp_path / "ref-run", ref_dir).returncode == 0
+    # every rank reaches step 15 (epoch 2) at the same time and kills itself there (test-only hook)
+    killed = torchrun(tmp_path / "cut-run", cut_dir, env={"BSNET_TEST_KILL_AT": "step:15"})
+    assert killed.returncode != 0 and not (tmp_path / "cut-run" / "architecture.json").exists()
+    r = torchrun(tmp_path / "cut-run", cut_dir, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_file(str(ref_dir / "rank1.safetensors")), load_file(str(cut_dir / "rank1.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "ref-run" / "architecture.json").read_bytes() == \
+        (tmp_path / "cut-run" / "architecture.json").read_bytes()
