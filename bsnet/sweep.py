@@ -68,6 +68,7 @@ def _summarise(run: SweepRun, cost: str) -> None:
 
 def run_sweep(budgets: Sequence[str], out: Path, search_args: Sequence[str], *, cost: str = "flops", workers: int = 1,
               engine: str = "local", train_epochs: int = 0) -> list[SweepRun]:
+    out = out.resolve()  # the runs may execute in another working directory (Ray workers)
     out.mkdir(parents=True, exist_ok=True)
     runs = [SweepRun(b, str(out / run_dir_name(b))) for b in budgets]
     todo = []

@@ -26,3 +26,13 @@ def test_sweep_two_budgets_then_rerun(tmp_path, capsys):
     assert rows["1"]["status"] == "failed" and "cheapest" in rows["1"]["error"]
     assert (out / "budget-20pct" / "architecture.json").stat().st_mtime_ns == before
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_sweep_on_ray(tmp_path, monkeypatch):
+    import pytest
+    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'bsnet[ray]')")
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # a local Ray instance stands in for the user's cluster
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--engine", "ray", "--budgets", "30%", "--out", str(out), *SEARCH]) == 0
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert rows[0]["status"] == "finished" and float(rows[0]["cost"]) > 0
