@@ -226,7 +226,9 @@ class BudgetedSearch:
             m = float(mean_reward)
             self.ema_reward = m if self.ema_reward is None else cfg.ema_decay * self.ema_reward + (1 - cfg.ema_decay) * m
         if cfg.lambda_mode == "adaptive" and self.budgets:
-            violation = costs.mean(1) / torch.tensor(self.limits, dtype=torch.float64) - 1
+            # Clipped: a network 4x over budget must not wind λ up 3x faster than one 2x over, or λ overshoots
+            # and drives the gates far below the budget before it can unwind.
+            violation = (costs.mean(1) / torch.tensor(self.limits, dtype=torch.float64) - 1).clamp(-1.0, 1.0)
             self.lambdas = torch.clamp(self.lambdas + cfg.lambda_lr * violation, min=0.0)
         self.steps += 1
         connected = self.net.graph.connected(masks)
