@@ -4,8 +4,8 @@ Each step samples architectures H from the gates, trains the weights on their lo
 along the policy gradient of the reward r(H) = -(loss + sum_j λ_j · max(0, C_j(H)/b_j - 1)), with a baseline.
 
 * Adaptive λ (default): the violation is measured relative to the budget, so λ_j is unit-free, and each λ_j
-  follows dual ascent on the constraint E[C_j(H)] <= b_j: λ_j <- max(0, λ_j + η_λ (mean sampled C_j / b_j - 1)).
-  No hand tuning per cost scale.
+  follows dual ascent on the constraint E[C_j(H)] <= b_j:
+  λ_j <- max(0, λ_j + η_λ clip(mean sampled C_j / b_j - 1, -1, 1)). No hand tuning per cost scale.
 * Fixed λ (the paper's): r = -(loss + λ · max(0, C(H) - b)) in the cost's absolute unit.
 
 The trainer does no printing and no file I/O: the CLI and `bsnet.runs` do.
