@@ -322,7 +322,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         mask = found.mask
         recal_batches = lambda: train_batches(0, augment=False)  # noqa: E731
         full = copy.deepcopy(net)
-        recalibrate_bn(full, lambda x: full(x), recal_batches(), device)
+        recalibrate_bn(full, full, recal_batches(), device)  # no mask: every gate kept
         full_acc = evaluate(full, full.full_mask(), batches(data.test, 256), device)
         del full
         found_net = copy.deepcopy(net)
@@ -454,7 +454,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -12,7 +12,6 @@ The trainer does no printing and no file I/O: the CLI and `bsnet.runs` do.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence

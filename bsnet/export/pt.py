@@ -14,7 +14,6 @@ from bsnet.architecture import Architecture
 
 def save_weights(module: torch.nn.Module, architecture: Architecture, path: str | Path) -> None:
     """Write `module`'s state dict (safetensors, no pickle) with the architecture JSON as metadata."""
-    from bsnet.runs import atomic_write_bytes
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")

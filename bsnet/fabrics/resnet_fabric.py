@@ -78,6 +78,7 @@ def build_resnet_fabric(cfg: ResNetFabricConfig) -> SuperNetwork:
     g.add_node("input", pos=(0, 0))
     # (node name, channels, spatial size) of every stage's input, and of each block's output.
     stage_in: list[tuple[str, int, int]] = []
+    stage_adds: list[list[str]] = []  # the addition nodes of every stage, sources of the next one's shortcuts
     last, c_last, size_last = "input", cfg.channels[0], cfg.image_size
     for b, c in enumerate(cfg.channels):
         if b > 0:  # a named identity marks the stage's input, a source for the next stage's shortcuts
@@ -103,8 +104,10 @@ def build_resnet_fabric(cfg: ResNetFabricConfig) -> SuperNetwork:
                 g.add_edge(name, add, gate=name)
             if cfg.shortcuts and b > 0:
                 for i, src in enumerate(shortcut_sources(b, n, cfg.blocks, cfg.shift)):
-                    src_name, src_c, src_size = stage_in[b - 1] if src < 0 else (prev_adds[src], cfg.channels[b - 1],
-                                                                                 size * 2)
+                    if src < 0:
+                        src_name, src_c, src_size = stage_in[b - 1]
+                    else:
+                        src_name, src_c, src_size = stage_adds[b - 1][src], cfg.channels[b - 1], size * 2
                     name = f"X-{b}_{n}_{i}"
                     g.add_node(name, pos=(x0, 2 + i))
                     mods[name] = BasicBlock(src_c, c, src_size // size)
@@ -112,7 +115,7 @@ def build_resnet_fabric(cfg: ResNetFabricConfig) -> SuperNetwork:
                     g.add_edge(name, add, gate=name)
             adds.append(add)
             last, c_last, size_last = add, c, size
-        prev_adds = adds
+        stage_adds.append(adds)
     g.add_node("out", pos=(stages * (cfg.blocks + 1), 0))
     g.add_edge(last, "out")
     mods["out"] = ClassifierHead(c_last, cfg.num_classes)
