@@ -117,6 +117,17 @@ def machine_line(**extra: object) -> str:
     return " ".join(f"{k}={v}" for k, v in items.items())
 
 
+def save_result(out: Path, result: dict, quick: bool) -> None:
+    """Write one finished part's results (temporary file, then rename: a part is kept whole or not at all)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    print(f"written: {out}")
+    if quick:
+        print("NOTE: --quick is a smoke run; its accuracies are not results.")
+
+
 def machine_info() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
@@ -461,14 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_part(depth, proto, data, emit, target=full)
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(),
                   bsnet_version=bsnet.__version__)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    out = results_dir / f"resnet{depth}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
-    print(f"written: {out}")
-    if args.quick:
-        print("NOTE: --quick is a smoke run; its accuracies are not results.")
+    save_result(results_dir / f"resnet{depth}.json", result, args.quick)
     return 0
 
 

@@ -46,6 +46,9 @@ from torch import nn
 import bsnet
 from bsnet.fabrics.resnet_fabric import resnet_mask
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine import busy_jiffies  # noqa: E402  (machine-wide busy CPU time, shared with benchmarks/engine.py)
+
 GOAL = 1.05
 TOLERANCE = 1e-5
 
@@ -199,16 +202,6 @@ def no_trim() -> bool:
         return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError, TypeError):
         return False
-
-
-def busy_jiffies() -> int | None:
-    """CPU time (clock ticks) the whole machine spent busy so far, from /proc/stat (None where there is none)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
 
 
 def main(argv: list[str] | None = None) -> int:

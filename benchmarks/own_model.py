@@ -69,6 +69,7 @@ from bsnet.train import TrainConfig, accuracy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10 as common  # noqa: E402  (benchmarks/cifar10.py: data, search loop, training, verdicts)
+from export import BasicBlock as Block  # noqa: E402  (the same hand-written CIFAR basic block)
 
 METHODS = ("bsnet", "bsnet-arch", "random", "last")
 LABELS = {"bsnet": "bsnet (found, search weights)", "bsnet-arch": "bsnet architecture, pre-trained weights",
@@ -76,25 +77,6 @@ LABELS = {"bsnet": "bsnet (found, search weights)", "bsnet-arch": "bsnet archite
 
 
 # ---- the model ------------------------------------------------------------------------------------------------
-class Block(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN, plus the identity or a 1x1 conv + BN projection, then ReLU."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = None
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        skip = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + skip)
-
-
 class ResNet18Like(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), num_classes: int = 10) -> None:
         super().__init__()
@@ -367,14 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_budget(fraction, proto, data, not (args.no_cache or args.quick), emit, target)
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=common.machine_info(),
                   bsnet_version=bsnet.__version__)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    out = results_dir / f"budget-{tag}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
-    print(f"written: {out}")
-    if args.quick:
-        print("NOTE: --quick is a smoke run; its accuracies are not results.")
+    common.save_result(results_dir / f"budget-{tag}.json", result, args.quick)
     return 0
 
 
