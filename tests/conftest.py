@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,3 +39,27 @@ def diamond() -> SuperNetwork:
     mods = {"in": nn.Identity(), "a": nn.Linear(4, 4), "b": nn.Linear(4, 4, bias=False), "sum": nn.Identity(),
             "out": nn.Linear(4, 2)}
     return SuperNetwork(g, mods, (4,))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _check_generated_file(path: Path, x: torch.Tensor, want: torch.Tensor, tol: float = 1e-5) -> None:
+    """Run a generated python export in a fresh interpreter where bsnet cannot be imported (the repository root is
+    on the path only for the tests' own layers) and compare its outputs with `want`."""
+    torch.save(x, path.parent / "x.pt")
+    torch.save(want, path.parent / "want.pt")
+    # `sys.modules["bsnet"] = None` makes any import of bsnet fail: the file must not need it.
+    script = (f"import sys, torch\nsys.path.append({str(ROOT)!r})\nsys.modules['bsnet'] = None\n"
+              f"from {path.stem} import FoundNetwork\n"
+              f"m = FoundNetwork.from_safetensors({path.with_suffix('.safetensors').name!r})\n"
+              "with torch.no_grad():\n"
+              "    d = (m(torch.load('x.pt')) - torch.load('want.pt')).abs().max().item()\n"
+              f"assert d <= {tol}, d\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=path.parent, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.fixture
+def check_generated_file():
+    return _check_generated_file

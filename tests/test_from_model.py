@@ -11,6 +11,7 @@ import bsnet
 from bsnet.budgets import parse_budget
 from bsnet.from_model import from_model
 from bsnet.search import BudgetedSearch
+from tests.user_layers import Flip, Gain, Opaque
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in, c_out, stride):
@@ -94,15 +95,6 @@ class ViT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))
         return self.head(x[:, 0])
-
-
-class Flip(nn.Module):
-    """Data-dependent control flow: torch.fx cannot trace through it."""
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return -x
-        return x
 
 
 class Untraceable(nn.Module):
@@ -326,3 +318,70 @@ def test_short_search_meets_the_budget():
     assert search.within_budget(found.mask)
     flops = bsnet.FlopsCost()
     assert float(flops(net, found.mask)) <= 0.5 * float(flops(net, net.full_mask())) * (1 + 1e-9)
+
+
+class WithLeaves(nn.Module):
+    """Residual blocks around layers of the user's own code that torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), Gain(8, threshold=-1.0, mode="x"))
+        self.body2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), Flip())
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + self.body1(h)
+        h = h + self.body2(h)
+        return self.head(h.mean((2, 3)))
+
+
+def python_export(net, mask, tmp_path):
+    from bsnet.export import export_python
+    arch = bsnet.Architecture(None, {}, {g: 1.0 for g in net.gate_names},
+                              [g for g, m in zip(net.gate_names, mask.tolist()) if m > 0.5])
+    plain = bsnet.export_module(net, mask).eval()
+    return plain, export_python(plain, arch, tmp_path / "variant.py")
+
+
+def test_python_export_of_a_vit_variant_writes_its_parameters(tmp_path, check_generated_file):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    net = from_model(ViT().eval(), x).eval()
+    mask = net.full_mask()
+    mask[net.gate_names.index("blocks.1.attn")] = 0
+    plain, path = python_export(net, mask, tmp_path)
+    source = path.read_text()
+    assert "cls_token = nn.Parameter(torch.zeros((1, 1, 32)))" in source and "blocks_1_attn_" not in source
+    with torch.no_grad():
+        check_generated_file(path, x, net(x, mask))
+
+
+def test_python_export_imports_the_users_leaf_layers(tmp_path, check_generated_file):
+    torch.manual_seed(0)
+    model, x = WithLeaves().eval(), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        model.body1[1].weight.uniform_(0.5, 1.5)  # not the constructor's values: they must come from the weights
+    net = from_model(model, x, leaf_modules=[Flip, Gain]).eval()
+    plain, path = python_export(net, net.full_mask(), tmp_path)
+    source = path.read_text()
+    assert "from tests.user_layers import Flip, Gain" in source
+    assert "tests.user_layers (Flip, Gain)" in source.split('"""')[1]  # said at its top
+    assert "Gain(channels=8, threshold=-1.0, mode='x')" in source
+    with torch.no_grad():
+        check_generated_file(path, x, model(x))
+
+
+def test_python_export_refuses_leaf_layers_it_cannot_rebuild(tmp_path):
+    class Local(Flip):
+        pass
+
+    x = torch.randn(2, 3, 16, 16)
+    for leaf, message in ((Opaque(8), r"body1_1 \(Opaque.*'size'.*self\.size"), (Local(), r"Local.*cannot import")):
+        model = WithLeaves()
+        model.body1[1] = leaf
+        net = from_model(model, x, leaf_modules=[type(leaf), Flip]).eval()
+        with pytest.raises(ValueError, match=message):
+            python_export(net, net.full_mask(), tmp_path)
+        assert not (tmp_path / "variant.py").exists()
