@@ -28,7 +28,7 @@ def run(digits, budgets, epochs=4, **cfg):
 
 
 def test_search_lowers_expected_cost_below_budget_and_learns(digits):
-    search, first = run(digits, ["30%"], epochs=5)
+    search, first = run(digits, ["30%"], epochs=8)
     assert first[0] > search.limits[0]
     assert search.expected_costs()[0] <= search.limits[0]
     found = search.found()
