@@ -28,7 +28,7 @@ def run(digits, budgets, epochs=4, **cfg):
 
 
 def test_search_lowers_expected_cost_below_budget_and_learns(digits):
-    search, first = run(digits, ["30%"], epochs=8)
+    search, first = run(digits, ["30%"], epochs=5)
     assert first[0] > search.limits[0]
     assert search.expected_costs()[0] <= search.limits[0]
     found = search.found()
@@ -107,3 +107,18 @@ def test_budget_names_the_cost():
     b = parse_budget("params=1.2M")
     assert isinstance(b, Budget) and b.cost.name == "params" and b.value == pytest.approx(1.2e6)
     assert parse_budget("parallel=6", parallel_workers=3).cost.workers == 3
+
+
+def test_lambda_moves_at_most_lambda_lr_per_epoch_and_lr_is_constant_without_a_schedule(digits):
+    torch.manual_seed(0)
+    net = bsnet.create_supernet("cnf", **FABRIC)
+    x, y = next(batches(digits.train, 32))
+    paced = BudgetedSearch(net, [parse_budget("10%")], steps_per_epoch=10)
+    for _ in range(10):  # far over a 10% budget all epoch long: the clipped violation is 1 at every step
+        paced.step(x, y)
+    assert paced.lambdas.item() == pytest.approx(SearchConfig().lambda_lr)
+    assert paced.opt.param_groups[0]["lr"] == SearchConfig().lr  # no epochs given: no schedule
+    cosine = BudgetedSearch(net, [parse_budget("10%")], steps_per_epoch=2, epochs=2)
+    for _ in range(4):
+        cosine.step(x, y)
+    assert cosine.opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
