@@ -202,8 +202,8 @@ def train_and_test(module: torch.nn.Module, data: DataSplits, cfg: TrainConfig, 
     curve = list(train_network(module, monitor, cfg))
     wall = time.perf_counter() - t
     t = time.perf_counter()
-    val_acc = accuracy(module, data.val.x, data.val.y)
-    test_acc = accuracy(module, data.test.x, data.test.y)
+    val_acc = accuracy(module, batches(data.val, 256))
+    test_acc = accuracy(module, batches(data.test, 256))
     eval_s = time.perf_counter() - t
     eval_rate = eval_s / (len(data.val) + len(data.test))
     train_rate = max(wall - eval_rate * len(monitor.val) * cfg.epochs, 0.0) / (len(data.train) * cfg.epochs)

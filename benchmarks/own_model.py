@@ -57,13 +57,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import bsnet
 from bsnet.budgets import Budget, parse_value
-from bsnet.data import DataSplits, num_batches
+from bsnet.data import DataSplits, batches, num_batches
 from bsnet.search import BudgetedSearch, SearchConfig
 from bsnet.train import TrainConfig, accuracy
 
@@ -190,7 +189,7 @@ def run_budget(fraction: float, proto: OwnProtocol, data: DataSplits, use_cache:
     emit("blocks_dropped", f"{k} ({','.join(dropped)})")
 
     def finetune(module: nn.Module, seed: int) -> dict:
-        before = accuracy(module, data.test.x, data.test.y)
+        before = accuracy(module, batches(data.test, 256))
         cfg = TrainConfig(epochs=proto.finetune_epochs, batch_size=proto.batch_size, lr=proto.finetune_lr, seed=seed)
         run = common.train_and_test(module, data, cfg, reset=False, monitor_val=proto.monitor_val)
         return {**run, "test_acc_before_finetune": before}

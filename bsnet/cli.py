@@ -176,8 +176,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from bsnet.costs import LatencyCost
     from bsnet.budgets import parse_budget
     from bsnet.data import batches, load_dataset, num_batches
-    from bsnet.search import (BudgetedSearch, BudgetError, NonFiniteLossError, SearchConfig, all_costs, evaluate,
+    from bsnet.search import (BudgetedSearch, BudgetError, NonFiniteLossError, SearchConfig, all_costs,
                               finetune, recalibrate_bn)
+    from bsnet.train import accuracy
 
     err = Console(stderr=True)
     if args.resume and args.out and (Path(args.out) / "architecture.json").exists():
@@ -282,7 +283,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             n_val = sum(len(y) for _, y in val_shard)
             loss_sum, acc_sum, n, val_hits, n_val = distributed.sum_over_ranks([
                 sum(s.loss * s.examples for s in stats), sum(s.accuracy * s.examples for s in stats),
-                float(sum(s.examples for s in stats)), evaluate(net, found.mask, val_shard, device) * n_val, n_val])
+                float(sum(s.examples for s in stats)), accuracy(net, val_shard, device, mask=found.mask) * n_val, n_val])
             val_acc = val_hits / n_val  # reduced over ranks
             record = {
                 "epoch": epoch,
@@ -323,24 +324,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         recal_batches = lambda: train_batches(0, augment=False)  # noqa: E731
         full = copy.deepcopy(net)
         recalibrate_bn(full, full, recal_batches(), device)  # no mask: every gate kept
-        full_acc = evaluate(full, full.full_mask(), batches(data.test, 256), device)
+        full_acc = accuracy(full, batches(data.test, 256), device, mask=full.full_mask())
         del full
         found_net = copy.deepcopy(net)
         recalibrate_bn(found_net, lambda x: found_net(x, mask.to(device)), recal_batches(), device)
-        search_acc = evaluate(found_net, mask, batches(data.test, 256), device)
-        search_val = evaluate(found_net, mask, batches(data.val, 256), device)
+        search_acc = accuracy(found_net, batches(data.test, 256), device, mask=mask)
+        search_val = accuracy(found_net, batches(data.val, 256), device, mask=mask)
         ft_acc = None
         if cfg["finetune_epochs"] > 0:
             task = progress.add_task("fine-tune", total=cfg["finetune_epochs"] * steps_per_epoch, info="")
             finetune(found_net, mask, lambda e: train_batches(10_000 + e), cfg["finetune_epochs"], steps_per_epoch,
                      device=device, on_step=lambda: progress.update(task, advance=1))
-            ft_acc = evaluate(found_net, mask, batches(data.test, 256), device)
+            ft_acc = accuracy(found_net, batches(data.test, 256), device, mask=mask)
         seg_scores = {}
         if data.task == "segmentation":
             from bsnet.train import mean_iou
-            found_net.eval()
-            seg_scores["test_miou"] = mean_iou(lambda x: found_net(x, mask.to(device)), batches(data.test, 256),
-                                               data.num_classes, device)
+            seg_scores["test_miou"] = mean_iou(found_net, batches(data.test, 256), data.num_classes, device, mask=mask)
 
     extra = [b.cost for b in budgets if b.cost.name not in ("flops", "params", "parallel")]
     cost = all_costs(net, mask, extra, cfg["parallel_workers"])
@@ -461,6 +460,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bsnet.architecture import Architecture
     from bsnet.export import save_weights
     from bsnet.export.load import load_with_info
+    from bsnet.data import batches
     from bsnet.search import all_costs
     from bsnet.train import TrainConfig, accuracy, reset_parameters, train_network
     run, cfg = _open_run(args.run_dir)
@@ -492,8 +492,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     module.cpu().eval()
     net = arch.supernet_network(factory)
     mask = arch.mask(net.gate_names)
-    test_acc = accuracy(module, data.test.x, data.test.y)
-    result = {"test_acc": test_acc, "val_acc": accuracy(module, data.val.x, data.val.y),
+    test_acc = accuracy(module, batches(data.test, 256))
+    result = {"test_acc": test_acc, "val_acc": accuracy(module, batches(data.val, 256)),
               "cost": all_costs(net, mask, parallel_workers=cfg.get("parallel_workers")),
               "epochs": tcfg.epochs, "start": "search weights (fine-tune)" if args.finetune else "from scratch",
               "train_config": dataclasses.asdict(tcfg)}
@@ -530,7 +530,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         module(xb)
         end_to_end = benchmark.Timer("m(x)", globals={"m": module, "x": xb}).blocked_autorange(min_run_time=0.3).median
     estimate = float(LatencyCost(batch_size=args.batch_size)(net, mask))
-    report = {"weights": which, "test_acc": accuracy(module, data.test.x, data.test.y),
+    report = {"weights": which, "test_acc": accuracy(module, batches(data.test, 256)),
               **({"test_miou": mean_iou(module, batches(data.test, 256), data.num_classes)}
                  if data.task == "segmentation" else {}),
               "flops": int(counter.get_total_flops()), "params": sum(p.numel() for p in module.parameters()),

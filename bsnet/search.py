@@ -353,20 +353,6 @@ class BudgetedSearch:
 
 # ---- evaluation helpers (used by the CLI, export and training) ----------------------------------------
 @torch.no_grad()
-def evaluate(net: SuperNetwork, mask: torch.Tensor, data: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             device: torch.device | str = "cpu") -> float:
-    """Accuracy (pixel accuracy for segmentation) of one architecture, in eval mode."""
-    was = net.training
-    net.eval()
-    hits, n = 0.0, 0
-    for x, y in data:
-        out = net(x.to(device), mask.to(device))
-        hits += float(correct(out, y.to(device)).sum())
-        n += len(y)
-    net.train(was)
-    return hits / max(n, 1)
-
-
 @torch.no_grad()
 def recalibrate_bn(net: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
                    data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu") -> None:

@@ -3,7 +3,7 @@ standard augmentation). No printing, no file I/O: `train_network` yields one rec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -27,19 +27,6 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-
-
-@torch.no_grad()
-def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
-             device: torch.device | str = "cpu") -> float:
-    """Accuracy (pixel accuracy for segmentation) in eval mode."""
-    was = module.training
-    module.eval()
-    hits = 0.0
-    for i in range(0, len(y), batch_size):
-        hits += float(correct(module(x[i:i + batch_size].to(device)), y[i:i + batch_size].to(device)).sum())
-    module.train(was)
-    return hits / max(len(y), 1)
 
 
 def reset_parameters(module: nn.Module, seed: int) -> None:
@@ -83,16 +70,47 @@ def train_network(module: nn.Module, data: DataSplits, cfg: TrainConfig, *, devi
             if on_step:
                 on_step(float(loss.detach()))
         yield {"epoch": epoch, "train_loss": total_loss / n, "train_acc": total_hit / n,
-               "val_acc": accuracy(module, data.val.x, data.val.y, device=device), "lr": lr}
+               "val_acc": accuracy(module, batches(data.val, 256), device), "lr": lr}
 
 
-@torch.no_grad()
-def mean_iou(predict: Callable[[torch.Tensor], torch.Tensor], data: Iterator[tuple[torch.Tensor, torch.Tensor]],
-             num_classes: int, device: torch.device | str = "cpu") -> float:
+class _Evaluating:
+    """`model` in eval mode inside the block, its previous mode restored after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was = model, model.training
+
+    def __enter__(self) -> nn.Module:
+        return self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was)
+
+
+def _predictions(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str,
+                 mask: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    with torch.no_grad(), _Evaluating(model):
+        for x, y in data:
+            x = x.to(device)
+            yield (model(x) if mask is None else model(x, mask.to(device))), y.to(device)
+
+
+def accuracy(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu",
+             *, mask: torch.Tensor | None = None) -> float:
+    """Accuracy (pixel accuracy for segmentation) of `model` in eval mode over `data`'s batches; a super network
+    is run under `mask`."""
+    hits, n = 0.0, 0
+    for out, y in _predictions(model, data, device, mask):
+        hits += float(correct(out, y).sum())
+        n += len(y)
+    return hits / max(n, 1)
+
+
+def mean_iou(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+             device: torch.device | str = "cpu", *, mask: torch.Tensor | None = None) -> float:
     """Mean intersection over union of per-pixel predictions, over the classes present in labels or predictions."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for x, y in data:
-        pred = predict(x.to(device)).argmax(1).cpu()
+    for out, y in _predictions(model, data, device, mask):
+        pred, y = out.argmax(1).cpu(), y.cpu()
         confusion += torch.bincount(y.flatten() * num_classes + pred.flatten(),
                                     minlength=num_classes ** 2).view(num_classes, num_classes)
     inter = confusion.diag().double()

@@ -1,7 +1,5 @@
 """Cost models against hand-worked examples and against FlopCounterMode."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """From a found architecture to plain networks: in memory, safetensors, ONNX, standalone Python, bsnet.load."""
-import json
 
 import pytest
 import torch
@@ -7,7 +6,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import bsnet
 from bsnet import Architecture, FlopsCost, ParamsCost, export_module
-from bsnet.cli import main
 from bsnet.export import export_onnx, export_python, read_weights, save_weights
 
 
@@ -60,7 +58,6 @@ def test_disconnected_architecture_is_a_clear_error(small_net):
 
 def test_custom_supernetwork_needs_its_factory():
     from tests.conftest import diamond
-    net = diamond()
     arch = Architecture(None, {}, {}, ["a"])
     with pytest.raises(ValueError, match="factory"):
         arch.build()
