@@ -199,7 +199,12 @@ def train_and_test(module: torch.nn.Module, data: DataSplits, cfg: TrainConfig, 
         reset_parameters(module, cfg.seed)
     monitor = dataclasses.replace(data, val=subset(data.val, monitor_val, 0))
     t = time.perf_counter()
-    curve = list(train_network(module, monitor, cfg))
+    curve = []
+    for rec in train_network(module, monitor, cfg):  # progress on stderr: a part trains for up to an hour
+        curve.append(rec)
+        print(f"  {kind} training, seed {cfg.seed}: epoch {rec['epoch'] + 1}/{cfg.epochs} train_acc="
+              f"{rec['train_acc']:.3f} val_acc({len(monitor.val)})={rec['val_acc']:.3f} "
+              f"{time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t
     t = time.perf_counter()
     val_acc = accuracy(module, batches(data.val, 256))
