@@ -5,8 +5,9 @@ along the policy gradient of the reward r(H) = -(loss + sum_j λ_j · max(0, C_j
 
 * Adaptive λ (default): the violation is measured relative to the budget, so λ_j is unit-free, and each λ_j
   follows dual ascent on the constraint E[C_j(H)] <= b_j:
-  λ_j <- max(0, λ_j + (η_λ / steps per epoch) clip(mean sampled C_j / b_j - 1, -1, 1)): λ_j moves by at most η_λ
-  per epoch whatever the data set's size. No hand tuning per cost scale.
+  λ_j <- max(0, λ_j + η_λ clip(mean sampled C_j / b_j - 1, -1, 1)) at every step, the pace of the gates' own
+  optimizer steps (a per-epoch pace let λ outrun the gates on small data sets and crush them). No hand tuning per
+  cost scale.
 * Fixed λ (the paper's): r = -(loss + λ · max(0, C(H) - b)) in the cost's absolute unit.
 
 The trainer does no printing and no file I/O: the CLI and `bsnet.runs` do.
@@ -55,9 +56,7 @@ class SearchConfig:
     gate_lr: float = 0.05
     init_prob: float = 1 / (1 + math.exp(-3.0))
     lambda_mode: str = "adaptive"  # or "fixed"
-    # most λ can move per epoch: 0.01 per step on the CIFAR-10 benchmark's 78 steps per epoch (at 0.05 per step, λ
-    # wound up far past the budget there, BENCHMARKS.md)
-    lambda_lr: float = 0.78
+    lambda_lr: float = 0.01  # per step: at 0.05, λ wound up far past the budget on CIFAR-10 (BENCHMARKS.md)
     fixed_lambda: float = 1e-7
     seed: int = 0
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
@@ -113,7 +112,7 @@ class BudgetedSearch:
         budgets: the constraints; relative budgets are resolved against the full network's cost here.
         config: optimisation settings.
         steps_per_epoch, epochs: the length of the cosine schedule of the weights' learning rate (without them the
-            learning rate stays constant); `steps_per_epoch` also paces λ (100 when not given).
+            learning rate stays constant).
     """
 
     def __init__(self, net: SuperNetwork, budgets: Sequence[Budget], config: SearchConfig | None = None, *,
@@ -145,7 +144,6 @@ class BudgetedSearch:
         total = (steps_per_epoch or 0) * (epochs or 0)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total) if total > 0 else \
             torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: 1.0)
-        self.lambda_step = cfg.lambda_lr / (steps_per_epoch or 100)
         # Data-parallel (torchrun): every rank samples the same architectures (one seed), sees its own data shard;
         # the losses of each architecture, the gradients and BatchNorm statistics are averaged over ranks, so the
         # weights, gates and λ stay identical everywhere and the estimator is that of the global batch.
@@ -236,7 +234,7 @@ class BudgetedSearch:
             # Clipped: a network 4x over budget must not wind λ up 3x faster than one 2x over, or λ overshoots
             # and drives the gates far below the budget before it can unwind.
             violation = (costs.mean(1) / torch.tensor(self.limits, dtype=torch.float64) - 1).clamp(-1.0, 1.0)
-            self.lambdas = torch.clamp(self.lambdas + self.lambda_step * violation, min=0.0)
+            self.lambdas = torch.clamp(self.lambdas + cfg.lambda_lr * violation, min=0.0)
         self.steps += 1
         connected = self.net.graph.connected(masks)
         return StepStats(float(losses.detach().mean()), float(correct(out.detach(), y).mean()), costs.mean(1).tolist(),
