@@ -11,5 +11,6 @@ from bsnet.from_model import from_model  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Architecture", "BernoulliGates", "Cost", "FlopsCost", "FunctionCost", "Graph", "LatencyCost", "ParallelCost",
-           "ParamsCost", "SuperNetwork", "create_supernet", "export_module", "from_model", "list_supernets", "load", "register_supernet", "__version__"]
+__all__ = ["Architecture", "BernoulliGates", "Cost", "FlopsCost", "FunctionCost", "Graph", "LatencyCost",
+           "ParallelCost", "ParamsCost", "SuperNetwork", "create_supernet", "export_module", "from_model",
+           "list_supernets", "load", "register_supernet", "__version__"]

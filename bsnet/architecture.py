@@ -45,7 +45,8 @@ class Architecture:
                                  "(build(supernet=...) in Python, --model package.module:factory on the command line)")
             return create_supernet(self.supernet, **self.supernet_config)
         net = supernet if isinstance(supernet, (SuperNetwork, torch.nn.Module)) else supernet()
-        if not isinstance(net, SuperNetwork) and isinstance(net, torch.nn.Module) and "from_model" in self.supernet_config:
+        if (not isinstance(net, SuperNetwork) and isinstance(net, torch.nn.Module)
+                and "from_model" in self.supernet_config):
             # A user's own model (`bsnet.from_model`): converted again the way the search converted it.
             from bsnet.from_model import from_model
             shape = self.supernet_config.get("input_shape")

@@ -96,7 +96,8 @@ def resolve_search_config(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             cfg[key] = value
     if args.supernet_config:
-        cfg["supernet_config"] = {**(cfg["supernet_config"] or {}), **_key_values(args.supernet_config, "--supernet-config")}
+        cfg["supernet_config"] = {**(cfg["supernet_config"] or {}),
+                                  **_key_values(args.supernet_config, "--supernet-config")}
     if args.search_config:
         cfg["search_config"] = {**(cfg["search_config"] or {}), **_key_values(args.search_config, "--search-config")}
     types = {"epochs": int, "finetune_epochs": int, "batch_size": int, "seed": int}
@@ -272,7 +273,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     continue
                 stats.append(s)
                 progress.update(task, advance=1, info=f"loss {s.loss:.3f} acc {s.accuracy:.3f} " + " ".join(
-                    f"{n} {c / limit_of[n]:.0%}·b λ {float(lam):.2g}" for n, c, lam in zip(names, s.costs, search.lambdas)))
+                    f"{n} {c / limit_of[n]:.0%}·b λ {float(lam):.2g}"
+                    for n, c, lam in zip(names, s.costs, search.lambdas)))
             if not stats:  # every step of the epoch was skipped: nothing to report, nothing to save
                 continue
             try:
@@ -283,7 +285,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             n_val = sum(len(y) for _, y in val_shard)
             loss_sum, acc_sum, n, val_hits, n_val = distributed.sum_over_ranks([
                 sum(s.loss * s.examples for s in stats), sum(s.accuracy * s.examples for s in stats),
-                float(sum(s.examples for s in stats)), accuracy(net, val_shard, device, mask=found.mask) * n_val, n_val])
+                float(sum(s.examples for s in stats)), accuracy(net, val_shard, device, mask=found.mask) * n_val,
+                n_val])
             val_acc = val_hits / n_val  # reduced over ranks
             record = {
                 "epoch": epoch,
@@ -391,8 +394,10 @@ def print_summary(arch, run_dir: Path) -> None:
     t.add_row(found_label + " fine-tuned" if m.get("test_acc_finetuned") is not None else found_label,
               pct(m["test_acc"]), *[_fmt(v, unit.get(k, "")) for k, v in arch.cost.items()])
     t.add_row("  search weights, BN recalibrated", pct(m["test_acc_search_weights"]), *["" for _ in arch.cost])
-    t.add_row("budget", "", *[("<= " + _fmt(arch.budget[k], unit.get(k, ""))) if k in arch.budget else "" for k in arch.cost])
-    t.add_row("full super network", pct(m["full_test_acc"]), *[_fmt(v, unit.get(k, "")) for k, v in arch.full_cost.items()])
+    t.add_row("budget", "", *[("<= " + _fmt(arch.budget[k], unit.get(k, ""))) if k in arch.budget else ""
+                              for k in arch.cost])
+    t.add_row("full super network", pct(m["full_test_acc"]),
+              *[_fmt(v, unit.get(k, "")) for k, v in arch.full_cost.items()])
     t.add_row("found / full", "", *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
     Console().print(t)
     if arch.projected:
@@ -599,7 +604,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not budgets:
         raise UsageError("--budgets takes a comma-separated list, e.g. 10%,20%,40%")
     if "--out" in args.search_args or "--resume" in args.search_args:
-        raise UsageError("the sweep chooses each run's --out under its own --out; drop --out/--resume from the search options")
+        raise UsageError("the sweep chooses each run's --out under its own --out; drop --out/--resume from the "
+                         "search options")
     from bsnet.budgets import parse_value
     for b in budgets:
         if parse_value(b)[0] <= 0:

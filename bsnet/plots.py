@@ -65,7 +65,8 @@ def plot_architecture(net, mask: torch.Tensor, probs: torch.Tensor, path: Path, 
     cmap, norm = cm.viridis, colors.Normalize(0, 1)
     xs = [p[0] for p in pos.values()]
     ys = [p[1] for p in pos.values()]
-    fig, ax = plt.subplots(figsize=(min(16, 2 + 0.9 * (max(xs) - min(xs) + 1)), min(10, 2 + 0.8 * (max(ys) - min(ys) + 1))))
+    width, height = 2 + 0.9 * (max(xs) - min(xs) + 1), 2 + 0.8 * (max(ys) - min(ys) + 1)
+    fig, ax = plt.subplots(figsize=(min(16, width), min(10, height)))
     for e, on in zip(g.edges, live_edges):
         (x0, y0), (x1, y1) = pos[e.src], pos[e.dst]
         if e.gate is None:

@@ -70,7 +70,8 @@ def prepare_run_dir(out: str | None, *, resume: bool, overwrite: bool, root: str
                 raise RunDirError(f"nothing to resume in {out}: it holds no bsnet run")
         elif is_run(path):
             if not overwrite:
-                raise RunDirError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
+                raise RunDirError(f"{out} already holds a run: pass --resume to continue it or --overwrite to "
+                                  "replace it")
             for m in RUN_MARKERS + ("weights.safetensors", "search.png", "architecture.png"):
                 p = path / m
                 if p.is_dir():

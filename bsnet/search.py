@@ -65,7 +65,8 @@ class SearchConfig:
         checks = [(self.sampling in ("grouped", "per_example"), "sampling must be 'grouped' or 'per_example'"),
                   (self.baseline in ("loo", "mean", "ema"), "baseline must be 'loo', 'mean' or 'ema'"),
                   (self.lambda_mode in ("adaptive", "fixed"), "lambda_mode must be 'adaptive' or 'fixed'"),
-                  (self.groups >= 1, "groups must be >= 1"), (self.lr > 0 and self.gate_lr > 0, "learning rates must be > 0"),
+                  (self.groups >= 1, "groups must be >= 1"),
+                  (self.lr > 0 and self.gate_lr > 0, "learning rates must be > 0"),
                   (0 < self.init_prob < 1, "init_prob must lie in (0, 1)")]
         for ok, msg in checks:
             if not ok:
@@ -229,7 +230,8 @@ class BudgetedSearch:
             if self.world > 1:
                 self._average_over_ranks([mean_reward])
             m = float(mean_reward)
-            self.ema_reward = m if self.ema_reward is None else cfg.ema_decay * self.ema_reward + (1 - cfg.ema_decay) * m
+            d = cfg.ema_decay
+            self.ema_reward = m if self.ema_reward is None else d * self.ema_reward + (1 - d) * m
         if cfg.lambda_mode == "adaptive" and self.budgets:
             # Clipped: a network 4x over budget must not wind λ up 3x faster than one 2x over, or λ overshoots
             # and drives the gates far below the budget before it can unwind.
@@ -265,7 +267,8 @@ class BudgetedSearch:
         return float(self.gates.entropy().detach().mean())
 
     def within_budget(self, mask: torch.Tensor) -> bool:
-        return all(float(c) <= limit * (1 + 1e-9) for c, limit in zip(self._costs(mask.unsqueeze(0))[:, 0], self.limits))
+        costs = self._costs(mask.unsqueeze(0))[:, 0]
+        return all(float(c) <= limit * (1 + 1e-9) for c, limit in zip(costs, self.limits))
 
     def found(self, project: bool = True) -> Found:
         """The most probable architecture, pruned, made connected and projected onto the budgets.
@@ -318,7 +321,8 @@ class BudgetedSearch:
         bases = [graph.prune(m) for m in candidates if self.within_budget(graph.prune(m))]
         if not bases:
             raise BudgetError("no connected architecture meets every budget: " +
-                              ", ".join(f"{b} ({limit:.4g} {b.cost.unit})" for b, limit in zip(self.budgets, self.limits)))
+                              ", ".join(f"{b} ({limit:.4g} {b.cost.unit})"
+                                        for b, limit in zip(self.budgets, self.limits)))
         mask = bases[0]
         for g in torch.argsort(logits, descending=True).tolist():
             if start[g] > 0 and mask[g] == 0:

@@ -21,7 +21,8 @@ def finished_run(tmp_path_factory):
 def test_search_writes_a_complete_run_directory(finished_run):
     out = finished_run
     for f in ("config.yaml", "metrics.jsonl", "architecture.json", "weights.safetensors", "search.png",
-              "architecture.png", "checkpoints/epoch-0002.safetensors", "checkpoints/epoch-0002.json", "checkpoints/epoch-0001.json",
+              "architecture.png", "checkpoints/epoch-0002.safetensors", "checkpoints/epoch-0002.json",
+              "checkpoints/epoch-0001.json",
               "checkpoints/best.safetensors"):
         assert (out / f).exists(), f
     arch = json.loads((out / "architecture.json").read_text())

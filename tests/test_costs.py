@@ -94,8 +94,8 @@ def test_cost_is_exactly_vectorised(small_net):
 
 def test_a_users_own_cost_from_a_function(small_net):
     energy = {n: float(i) for i, n in enumerate(small_net.graph.order)}  # a per-node table, say in joules
-    cost = FunctionCost(lambda net, live: live.double() @ torch.tensor([energy[n] for n in net.graph.order], dtype=torch.float64),
-                        name="energy", unit="J")
+    per_node = torch.tensor([energy[n] for n in small_net.graph.order], dtype=torch.float64)
+    cost = FunctionCost(lambda net, live: live.double() @ per_node, name="energy", unit="J")
     full = small_net.full_mask()
     assert cost(small_net, full).item() == pytest.approx(sum(energy.values()))
     assert cost(small_net, torch.zeros(small_net.num_gates)).item() == 0

@@ -92,7 +92,8 @@ def test_budget_below_the_cheapest_architecture_is_refused():
 
 
 @pytest.mark.parametrize("text, value, relative", [("30%", 0.3, True), ("2.5e7", 2.5e7, False), ("25M", 25e6, False),
-                                                   ("1.2G", 1.2e9, False), ("3ms", 0.003, False), ("500", 500.0, False)])
+                                                   ("1.2G", 1.2e9, False), ("3ms", 0.003, False),
+                                                   ("500", 500.0, False)])
 def test_budget_values(text, value, relative):
     v, r = parse_value(text)
     assert v == pytest.approx(value) and r == relative

@@ -184,8 +184,9 @@ def _check_rebuilt(rebuilt: nn.Module, flat: nn.Module) -> None:
     try:
         rebuilt.load_state_dict(flat.state_dict(), strict=True)
     except RuntimeError as err:
-        raise ValueError(f"the generated file does not rebuild the network's tensors ({str(err).splitlines()[-1].strip()}"
-                         "); export to pt or onnx instead") from None
+        reason = str(err).splitlines()[-1].strip()
+        raise ValueError(f"the generated file does not rebuild the network's tensors ({reason}); export to pt or "
+                         "onnx instead") from None
     for name, layer in flat.named_children():
         if _is_torch_layer(layer):
             continue

@@ -109,5 +109,6 @@ def build_cnf(cfg: CNFConfig) -> SuperNetwork:
     out_scale = scales - 1 if cfg.task == "classification" else 0
     g.add_node("out", pos=(last + 1, out_scale))
     g.add_edge(agg(last, out_scale), "out")
-    mods["out"] = ClassifierHead(c, cfg.num_classes) if cfg.task == "classification" else nn.Conv2d(c, cfg.num_classes, 1)
+    mods["out"] = (ClassifierHead(c, cfg.num_classes) if cfg.task == "classification"
+                   else nn.Conv2d(c, cfg.num_classes, 1))
     return SuperNetwork(g, mods, (cfg.in_channels, cfg.image_size, cfg.image_size), task=cfg.task)
