@@ -328,6 +328,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         full = copy.deepcopy(net)
         recalibrate_bn(full, full, recal_batches(), device)  # no mask: every gate kept
         full_acc = accuracy(full, batches(data.test, 256), device, mask=full.full_mask())
+        seg_scores = {}
+        if data.task == "segmentation":
+            from bsnet.train import mean_iou
+            seg_scores["full_test_miou"] = mean_iou(full, batches(data.test, 256), data.num_classes, device,
+                                                    mask=full.full_mask())
         del full
         found_net = copy.deepcopy(net)
         recalibrate_bn(found_net, lambda x: found_net(x, mask.to(device)), recal_batches(), device)
@@ -339,9 +344,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             finetune(found_net, mask, lambda e: train_batches(10_000 + e), cfg["finetune_epochs"], steps_per_epoch,
                      device=device, on_step=lambda: progress.update(task, advance=1))
             ft_acc = accuracy(found_net, batches(data.test, 256), device, mask=mask)
-        seg_scores = {}
         if data.task == "segmentation":
-            from bsnet.train import mean_iou
             seg_scores["test_miou"] = mean_iou(found_net, batches(data.test, 256), data.num_classes, device, mask=mask)
 
     extra = [b.cost for b in budgets if b.cost.name not in ("flops", "params", "parallel")]
@@ -385,20 +388,25 @@ def print_summary(arch, run_dir: Path) -> None:
     m = arch.metrics
     t = Table(title=f"bsnet search: {arch.supernet}", show_lines=False)
     t.add_column("")
-    t.add_column("test accuracy", justify="right")
+    segmentation = "test_miou" in m
+    t.add_column("pixel accuracy" if segmentation else "test accuracy", justify="right")
+    if segmentation:
+        t.add_column("mean IoU", justify="right")
     for name in arch.cost:
         t.add_column(name, justify="right")
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    miou = lambda key: [pct(m.get(key))] if segmentation else []  # noqa: E731
+    blank = [""] if segmentation else []
     unit = {"latency": "s"}
     found_label = "found architecture" + (" (projected)" if arch.projected else "")
     t.add_row(found_label + " fine-tuned" if m.get("test_acc_finetuned") is not None else found_label,
-              pct(m["test_acc"]), *[_fmt(v, unit.get(k, "")) for k, v in arch.cost.items()])
-    t.add_row("  search weights, BN recalibrated", pct(m["test_acc_search_weights"]), *["" for _ in arch.cost])
-    t.add_row("budget", "", *[("<= " + _fmt(arch.budget[k], unit.get(k, ""))) if k in arch.budget else ""
-                              for k in arch.cost])
-    t.add_row("full super network", pct(m["full_test_acc"]),
+              pct(m["test_acc"]), *miou("test_miou"), *[_fmt(v, unit.get(k, "")) for k, v in arch.cost.items()])
+    t.add_row("  search weights, BN recalibrated", pct(m["test_acc_search_weights"]), *blank, *["" for _ in arch.cost])
+    t.add_row("budget", "", *blank,
+              *[("<= " + _fmt(arch.budget[k], unit.get(k, ""))) if k in arch.budget else "" for k in arch.cost])
+    t.add_row("full super network", pct(m["full_test_acc"]), *miou("full_test_miou"),
               *[_fmt(v, unit.get(k, "")) for k, v in arch.full_cost.items()])
-    t.add_row("found / full", "", *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
+    t.add_row("found / full", "", *blank, *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
     Console().print(t)
     if arch.projected:
         print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s), least probable first: "

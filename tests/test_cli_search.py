@@ -4,8 +4,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
+import bsnet
 from bsnet.cli import main
 
 TINY = ["--supernet-config", "layers=3", "channels=8", "--epochs", "2", "--finetune-epochs", "1"]
@@ -157,3 +159,21 @@ def test_image_folder_errors_name_the_file(tmp_path, capsys):
     assert main(["search", "--dataset", "image-folder", "--data-dir", str(tmp_path / "d"),
                  "--out", str(tmp_path / "r")]) == 2
     assert "train/b holds no images" in capsys.readouterr().err
+
+
+def test_segmentation_search_on_shapes(tmp_path, capsys):
+    out = tmp_path / "seg"
+    assert main(["search", "--dataset", "shapes", "--supernet-config", "layers=3", "channels=4", "--epochs", "1",
+                 "--finetune-epochs", "1", "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "pixel accuracy" in summary and "mean IoU" in summary
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["supernet_config"]["task"] == "segmentation" and arch["supernet_config"]["num_classes"] == 4
+    m = arch["metrics"]
+    assert 0 < m["test_miou"] <= 1 and 0 < m["full_test_miou"] <= 1 and 0 < m["test_acc"] <= 1
+    assert arch["cost"]["flops"] <= arch["budget"]["flops"]
+    model = bsnet.load(out)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4, 32, 32)  # a label map per pixel
+    assert main(["eval", str(out)]) == 0
+    assert "mean IoU" in capsys.readouterr().out
