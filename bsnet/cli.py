@@ -406,7 +406,8 @@ def print_summary(arch, run_dir: Path) -> None:
               *[("<= " + _fmt(arch.budget[k], unit.get(k, ""))) if k in arch.budget else "" for k in arch.cost])
     t.add_row("full super network", pct(m["full_test_acc"]), *miou("full_test_miou"),
               *[_fmt(v, unit.get(k, "")) for k, v in arch.full_cost.items()])
-    t.add_row("found / full", "", *blank, *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
+    t.add_row("found / full", "", *blank,
+              *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
     Console().print(t)
     if arch.projected:
         print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s), least probable first: "
