@@ -44,6 +44,7 @@ def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True)
     fx = torch.fx.Graph()
     x = fx.placeholder("x")
     values: dict[str, torch.fx.Node] = {}
+    fed: dict[str, torch.fx.Node] = {}  # the value each node's module was called on
     for n in graph.order:
         if not live[n]:
             continue
@@ -51,6 +52,7 @@ def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True)
         if hasattr(root, attr):
             raise ValueError(f"two nodes map to the attribute name {attr!r}")
         root.add_module(attr, copy.deepcopy(net.blocks[n]) if copy_weights else net.blocks[n])
+        meets: list[str] = []  # the live sources summed into this node, where two or more meet
         if n == graph.input:
             h = x
         else:
@@ -60,14 +62,26 @@ def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True)
                 h = fx.call_function(torch.cat, (parts, 1))
             else:
                 ins = [values[s] for s, on in sources if on]
+                meets = [s for s, on in sources if on] if len(ins) > 1 else []
                 h = ins[0]
                 for other in ins[1:]:
                     h = fx.call_function(operator.add, (h, other))
+        fed[n] = h
         values[n] = _call(fx, attr, root.get_submodule(attr), h)
+        # Where branches meet, free what fed them only now, as an eager block's forward does when it returns:
+        # freeing it right after its last use changes the order of frees, and glibc then hands more memory back to
+        # the OS between calls and faults it in again (BENCHMARKS.md, export).
+        feeding = list(dict.fromkeys(fed[s] for s in meets if fed[s] is not x))
+        if feeding:
+            fx.call_function(release, tuple(feeding))
     fx.output(values[graph.output])
     module = torch.fx.GraphModule(root, fx, class_name="FoundNetwork")
     module.train(net.training)
     return module
+
+
+def release(*values: torch.Tensor) -> None:
+    """Does nothing: a last use that keeps `values` alive up to this line of the generated forward."""
 
 
 def _call(fx: torch.fx.Graph, target: str, module: nn.Module, h: torch.fx.Node) -> torch.fx.Node:
