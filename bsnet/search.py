@@ -142,6 +142,8 @@ class BudgetedSearch:
         self.opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                    nesterov=True)
         self.gate_opt = torch.optim.Adam(self.gates.parameters(), lr=cfg.gate_lr)
+        if (steps_per_epoch is None) != (epochs is None) or min(steps_per_epoch or 1, epochs or 1) < 1:
+            raise ValueError("give both steps_per_epoch and epochs (each >= 1) for the cosine schedule, or neither")
         total = (steps_per_epoch or 0) * (epochs or 0)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total) if total > 0 else \
             torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: 1.0)
@@ -353,8 +355,7 @@ class BudgetedSearch:
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
 
 
-# ---- evaluation helpers (used by the CLI, export and training) ----------------------------------------
-@torch.no_grad()
+# ---- helpers for a found architecture (used by the CLI and the benchmarks) ---------------------------
 @torch.no_grad()
 def recalibrate_bn(net: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
                    data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu") -> None:

@@ -11,7 +11,7 @@ import bsnet
 from bsnet.budgets import parse_budget
 from bsnet.from_model import from_model
 from bsnet.search import BudgetedSearch
-from tests.user_layers import Flip, Gain, Opaque
+from tests.user_layers import Act, Flip, Gain, Opaque
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in, c_out, stride):
@@ -378,10 +378,31 @@ def test_python_export_refuses_leaf_layers_it_cannot_rebuild(tmp_path):
         pass
 
     x = torch.randn(2, 3, 16, 16)
-    for leaf, message in ((Opaque(8), r"body1_1 \(Opaque.*'size'.*self\.size"), (Local(), r"Local.*cannot import")):
+    for leaf, message in ((Opaque(8), r"body1_1 \(Opaque.*'size'.*self\.size"), (Local(), r"Local.*cannot import"),
+                          (Act(8, fn=torch.sigmoid), r"body1_1 \(Act.*'fn' as a builtin_function")):
         model = WithLeaves()
         model.body1[1] = leaf
         net = from_model(model, x, leaf_modules=[type(leaf), Flip]).eval()
         with pytest.raises(ValueError, match=message):
             python_export(net, net.full_mask(), tmp_path)
         assert not (tmp_path / "variant.py").exists()
+
+
+class Tied(nn.Module):
+    """A residual block, and a head that calls a layer and also reads its weight directly (tied weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.head = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = x + self.body(x)
+        return F.linear(self.head(h), self.head.weight)
+
+
+def test_python_export_refuses_tied_weights_before_writing(tmp_path):
+    net = from_model(Tied(), torch.randn(2, 8)).eval()
+    with pytest.raises(ValueError, match=r"head\.weight.*tied weights"):
+        python_export(net, net.full_mask(), tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -120,6 +120,8 @@ def test_lambda_moves_at_most_lambda_lr_per_step_and_lr_is_constant_without_a_sc
         paced.step(x, y)
     assert paced.lambdas.item() == pytest.approx(10 * SearchConfig().lambda_lr)
     assert paced.opt.param_groups[0]["lr"] == SearchConfig().lr  # no epochs given: no schedule
+    with pytest.raises(ValueError, match="both steps_per_epoch and epochs"):
+        BudgetedSearch(net, [parse_budget("10%")], epochs=12)
     cosine = BudgetedSearch(net, [parse_budget("10%")], steps_per_epoch=2, epochs=2)
     for _ in range(4):
         cosine.step(x, y)

@@ -2,7 +2,8 @@
 
 The plain network is a `torch.fx.GraphModule` built directly from the live sub-graph: one submodule per live node
 (named after the node), and a generated `forward` that calls them in topological order and adds their outputs
-where nodes meet. `print(module.code)` shows it.
+where nodes meet. `print(module.code)` shows it. Its only lines that compute nothing are `release(...)` calls,
+which free the values that fed summed branches where those branches meet, as eager code would.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True)
                     h = fx.call_function(operator.add, (h, other))
         fed[n] = h
         values[n] = _call(fx, attr, root.get_submodule(attr), h)
-        # Where branches meet, free what fed them only now, as an eager block's forward does when it returns:
+        # Where branches are summed, free what fed them only now, as an eager block's forward does when it returns:
         # freeing it right after its last use changes the order of frees, and glibc then hands more memory back to
         # the OS between calls and faults it in again (BENCHMARKS.md, export).
         feeding = list(dict.fromkeys(fed[s] for s in meets if fed[s] is not x))

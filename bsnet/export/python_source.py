@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -71,6 +72,7 @@ class _Tracer(torch.fx.Tracer):
 def flat_module(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """The same network with every layer and every tensor as a direct attribute (`B_0_0.0.1` -> `B_0_0_0_1`)."""
     traced = torch.fx.GraphModule(module, _Tracer().trace(module))
+    called = {n.target for n in traced.graph.nodes if n.op == "call_module"}
     root = nn.Module()
     for node in traced.graph.nodes:
         if node.op not in ("call_module", "get_attr"):
@@ -82,6 +84,9 @@ def flat_module(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
             else:
                 value = traced.get_parameter(node.target) if _has_parameter(traced, node.target) else \
                     _get_tensor(traced, node.target)
+                if node.target.rpartition(".")[0] in called:  # its layer is also called: tied weights
+                    raise ValueError(f"the found network reads {node.target} directly and also calls its layer (tied "
+                                     "weights); the python export cannot write it (export to pt or onnx instead)")
                 if isinstance(value, nn.Parameter):
                     root.register_parameter(flat, value)
                 else:
@@ -125,6 +130,10 @@ def _user_arguments(name: str, layer: nn.Module) -> str:
         value = getattr(layer, p.name, inspect.Parameter.empty)
         if value is not inspect.Parameter.empty and _literal(value):
             args.append(f"{p.name}={value!r}")
+        elif value is not inspect.Parameter.empty and value is not p.default:
+            raise ValueError(f"layer {name} ({cls.__qualname__}) keeps its constructor argument {p.name!r} as a "
+                             f"{type(value).__name__}, which the generated file cannot write; the python export cannot "
+                             "rebuild it (export to pt or onnx instead)")
         elif p.default is inspect.Parameter.empty:
             raise ValueError(f"layer {name} ({cls.__qualname__}) needs the constructor argument {p.name!r}, which it "
                              f"does not store as a plain attribute self.{p.name}; the python export cannot rebuild it "
@@ -139,7 +148,13 @@ def _constructor(name: str, layer: nn.Module, imports: dict[str, set[str]]) -> s
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         raise ValueError(f"layer {name} is a {cls.__qualname__} defined in {cls.__module__}, which the generated file "
                          "cannot import; define it in a module of your package")
-    imports.setdefault(cls.__module__, set()).add(cls.__qualname__.split(".")[0])
+    top = cls.__qualname__.split(".")[0]
+    clash = [m for m, names in imports.items() if top in names and m != cls.__module__]
+    if clash or top in ("FoundNetwork", "torch", "nn"):
+        raise ValueError(f"layer {name}: its class name {top!r} clashes with "
+                         + (f"the class of the same name in {clash[0]}" if clash else "a name the file defines")
+                         + "; rename one of them")
+    imports.setdefault(cls.__module__, set()).add(top)
     return f"{cls.__qualname__}({_user_arguments(name, layer)})"
 
 
@@ -207,7 +222,9 @@ def export_python(module: torch.fx.GraphModule, architecture: Architecture, path
     exec(compile(source, str(path), "exec"), namespace)
     _check_rebuilt(namespace["FoundNetwork"](), flat)
     from bsnet.runs import atomic_write_text
-    atomic_write_text(path, source)
-    save_file({k: v.detach().cpu().contiguous() for k, v in flat.state_dict().items()}, str(weights),
+    tmp = weights.with_name(weights.name + ".tmp")  # the weights first: a .py is never left without them
+    save_file({k: v.detach().cpu().contiguous() for k, v in flat.state_dict().items()}, str(tmp),
               metadata={"architecture": json.dumps(architecture.kept)})
+    os.replace(tmp, weights)
+    atomic_write_text(path, source)
     return path
