@@ -6,8 +6,7 @@ import torch
 
 import bsnet
 from bsnet.cli import main
-
-TINY = ["--supernet-config", "layers=3", "channels=8", "--epochs", "2", "--finetune-epochs", "1"]
+from tests.cli_options import TINY
 
 
 @pytest.fixture(scope="module")
