@@ -123,3 +123,25 @@ def test_values_feeding_branches_are_released_where_the_branches_meet():
     for add, r in zip(adds, releases):
         meeting = list(add.users)[0]  # the addition node's own ReLU
         assert r.prev is meeting and r.args == (block_input(add.args[1]),)
+
+
+def test_python_export_keeps_layers_whose_flat_names_collide(tmp_path, check_generated_file):
+    from torch import nn
+
+    from bsnet.export.python_source import flat_module
+    torch.manual_seed(0)
+    root = nn.Module()
+    root.a = nn.Module()
+    root.a.b_c = nn.Linear(3, 3)
+    root.a_b = nn.Module()
+    root.a_b.c = nn.Linear(3, 3)  # `a.b_c` and `a_b.c` both flatten to `a_b_c`
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_module("a_b.c", (graph.call_module("a.b_c", (x,)),)))
+    module = torch.fx.GraphModule(root, graph)
+    flat = flat_module(module)
+    assert {n for n, _ in flat.named_children()} == {"a_b_c", "a_b_c_1"}
+    path = export_python(module, Architecture(None, {}, {}, []), tmp_path / "collide.py")
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        check_generated_file(path, x, module(x))

@@ -74,11 +74,17 @@ def flat_module(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     traced = torch.fx.GraphModule(module, _Tracer().trace(module))
     called = {n.target for n in traced.graph.nodes if n.op == "call_module"}
     root = nn.Module()
+    names: dict[str, str] = {}  # target -> its attribute name (`a.b_c` and `a_b.c` must not share one)
     for node in traced.graph.nodes:
         if node.op not in ("call_module", "get_attr"):
             continue
-        flat = node.target.replace(".", "_")
-        if not hasattr(root, flat):
+        flat = names.get(node.target)
+        if flat is None:
+            flat = base = node.target.replace(".", "_")
+            taken, k = set(names.values()), 1
+            while flat in taken:
+                flat, k = f"{base}_{k}", k + 1
+            names[node.target] = flat
             if node.op == "call_module":
                 root.add_module(flat, traced.get_submodule(node.target))
             else:
