@@ -231,6 +231,20 @@ def bench(name: str, args: argparse.Namespace, emit: Callable[[str, object], Non
     return results
 
 
+def emit_load(emit: Callable[[str, object], None], t0: float, c0: float, b0: int | None) -> None:
+    """Emit `bench_s`, `cpu_per_wall` and `other_load_cores` since the wall, process and busy times t0, c0, b0."""
+    wall = time.perf_counter() - t0
+    emit("bench_s", f"{wall:.1f}")
+    # Process CPU seconds per wall second: near the thread count on an otherwise idle machine; much lower
+    # means the cores were busy elsewhere (other processes, a noisy VM host) and the times are suspect.
+    own = time.process_time() - c0
+    emit("cpu_per_wall", f"{own / wall:.2f}")
+    b1 = busy_jiffies()
+    if b0 is not None and b1 is not None:  # cores kept busy by everything else on the machine, on average
+        others = (b1 - b0) / os.sysconf("SC_CLK_TCK") - own
+        emit("other_load_cores", f"{max(others, 0.0) / wall:.2f}")
+
+
 def busy_jiffies() -> int | None:
     """CPU time (clock ticks) the whole machine spent busy so far, from /proc/stat (None where there is none)."""
     try:
@@ -266,16 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{_name}.{key}={value}", flush=True)
 
         bench(name, args, emit)
-        wall = time.perf_counter() - t1
-        emit("bench_s", f"{wall:.1f}")
-        # Process CPU seconds per wall second: near the thread count on an otherwise idle machine; much lower
-        # means the cores were busy elsewhere (other processes, a noisy VM host) and the times are suspect.
-        own = time.process_time() - c1
-        emit("cpu_per_wall", f"{own / wall:.2f}")
-        b2 = busy_jiffies()
-        if b1 is not None and b2 is not None:  # cores kept busy by everything else on the machine, on average
-            others = (b2 - b1) / os.sysconf("SC_CLK_TCK") - own
-            emit("other_load_cores", f"{max(others, 0.0) / wall:.2f}")
+        emit_load(emit, t1, c1, b1)
     print(f"total_s={time.perf_counter() - t0:.1f}", flush=True)
     return 0
 

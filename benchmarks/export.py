@@ -47,7 +47,7 @@ import bsnet
 from bsnet.fabrics.resnet_fabric import resnet_mask
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine import busy_jiffies  # noqa: E402  (machine-wide busy CPU time, shared with benchmarks/engine.py)
+from engine import busy_jiffies, emit_load  # noqa: E402  (machine load, shared with benchmarks/engine.py)
 
 GOAL = 1.05
 TOLERANCE = 1e-5
@@ -281,16 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     for b, r in ratios.items():
         print(f"export.inference_ratio_b{b}.goal=<={GOAL:.2f} met={'yes' if r <= GOAL else 'no'}", flush=True)
 
-    wall = time.perf_counter() - t_start
-    emit("bench_s", f"{wall:.1f}")
-    # Process CPU seconds per wall second: near the thread count on an otherwise idle machine; much lower
-    # means the cores were busy elsewhere (other processes, a noisy VM host) and the times are suspect.
-    own = time.process_time() - c_start
-    emit("cpu_per_wall", f"{own / wall:.2f}")
-    b_end = busy_jiffies()
-    if b_start is not None and b_end is not None:  # cores kept busy by everything else on the machine, on average
-        others = (b_end - b_start) / os.sysconf("SC_CLK_TCK") - own
-        emit("other_load_cores", f"{max(others, 0.0) / wall:.2f}")
+    emit_load(emit, t_start, c_start, b_start)
     return 0
 
 
