@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import bsnet
 from bsnet.budgets import parse_budget
+from bsnet.export import save_weights
 from bsnet.from_model import from_model
 from bsnet.search import BudgetedSearch
 from tests.user_layers import Act, Flip, Gain, Opaque
@@ -406,3 +407,49 @@ def test_python_export_refuses_tied_weights_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"head\.weight.*tied weights"):
         python_export(net, net.full_mask(), tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+class Repeated(nn.Module):
+    """A residual block the model runs twice (one set of weights, two branches), as weight-sharing models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.body(x)
+        x = x + self.body(x)
+        return self.head(x)
+
+
+def test_a_layer_run_in_two_branches_is_counted_stored_and_exported_once(tmp_path, check_generated_file):
+    torch.manual_seed(0)
+    model, x = Repeated().eval(), torch.randn(2, 3, 8, 8)
+    net = from_model(model, x).eval()
+    assert net.gate_names == ["body.0", "body.0#2"]
+    params = bsnet.ParamsCost()
+    total, shared = (sum(p.numel() for p in m.parameters()) for m in (model, model.body))
+    for kept, expected in (((1, 1), total), ((1, 0), total), ((0, 1), total), ((0, 0), total - shared)):
+        assert float(params(net, torch.tensor(kept, dtype=torch.float32))) == expected
+    lower, _ = params.cheapest(net)
+    assert lower <= total - shared
+
+    mask = torch.tensor([1.0, 0.0])
+    plain = bsnet.export_module(net, mask).eval()
+    assert sum(p.numel() for p in plain.parameters()) == total  # one copy of the shared layer, still shared
+    arch = bsnet.Architecture(None, {}, {}, ["body.0", "body.0#2"])
+    both = bsnet.export_module(net, net.full_mask()).eval()
+    assert sum(p.numel() for p in both.parameters()) == total
+    save_weights(both, arch, tmp_path / "m.safetensors")
+    loaded = bsnet.load(tmp_path / "m.safetensors", supernet=lambda: from_model(Repeated(), x))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+        loaded.get_parameter("body_0.body.0.weight").add_(1.0)  # still one tensor after the round trip
+        assert torch.equal(loaded.get_parameter("body_0_2.body.0.weight"), loaded.get_parameter("body_0.body.0.weight"))
+
+    plain, path = python_export(net, net.full_mask(), tmp_path)
+    with torch.no_grad():
+        check_generated_file(path, x, model(x))

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from bsnet.architecture import Architecture
-from bsnet.export.pt import read_weights
+from bsnet.export.pt import load_weights, read_architecture
 from bsnet.supernet import SuperNetwork
 
 SupernetSource = SuperNetwork | Callable[[], SuperNetwork] | None
@@ -29,14 +29,11 @@ def weights_file(path: str | Path) -> tuple[Path, str]:
 
 def load_with_info(path: str | Path, supernet: SupernetSource = None) -> tuple[torch.fx.GraphModule, Architecture, str]:
     file, which = weights_file(path)
-    state, arch = read_weights(file)
+    arch = read_architecture(file)
     if arch is None:
         arch = Architecture.from_json(Path(path) if Path(path).is_dir() else file.with_name("architecture.json"))
     module = arch.build(supernet)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"the weights in {file} do not fit its architecture: {str(e).splitlines()[0]}") from None
+    load_weights(module, file)
     return module.eval(), arch, which
 
 

@@ -46,13 +46,14 @@ def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True)
     x = fx.placeholder("x")
     values: dict[str, torch.fx.Node] = {}
     fed: dict[str, torch.fx.Node] = {}  # the value each node's module was called on
+    copied: dict[int, object] = {}  # one deep-copy memo for all nodes: a layer two nodes share stays shared
     for n in graph.order:
         if not live[n]:
             continue
         attr = attribute_name(n)
         if hasattr(root, attr):
             raise ValueError(f"two nodes map to the attribute name {attr!r}")
-        root.add_module(attr, copy.deepcopy(net.blocks[n]) if copy_weights else net.blocks[n])
+        root.add_module(attr, copy.deepcopy(net.blocks[n], copied) if copy_weights else net.blocks[n])
         meets: list[str] = []  # the live sources summed into this node, where two or more meet
         if n == graph.input:
             h = x
