@@ -166,10 +166,14 @@ class SuperNetwork(nn.Module):
         return self.blocks[out](x.new_zeros(x.shape[0], *self.profile[out].in_shape))
 
     def _forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The reference code's mode: every node computed, gated outputs multiplied per example."""
+        """The reference code's mode: every node computed, gated outputs multiplied per example. A node dead in an
+        example's architecture contributes zeros there, also along ungated edges (its BatchNorm shift would leak
+        otherwise), so that each example gets what the live mode computes for its architecture."""
         b = x.shape[0]
         mask = mask.to(x.dtype)
-        connected = self.graph.connected(mask).to(device=x.device, dtype=x.dtype)
+        live = self.graph.live(mask).to(device=x.device, dtype=x.dtype)  # [B, N]
+        index = {n: i for i, n in enumerate(self.graph.order)}
+        connected = live[:, index[self.graph.output]]
         outs: dict[str, torch.Tensor] = {}
         for n in self.graph.order:
             if n == self.graph.input:
@@ -177,10 +181,8 @@ class SuperNetwork(nn.Module):
             else:
                 ins = []
                 for s, g in self._inputs[n]:
-                    y = outs[s]
-                    if g is not None:
-                        y = y * mask[:, g].view(b, *([1] * (y.dim() - 1)))
-                    ins.append(y)
+                    keep = live[:, index[s]] if g is None else live[:, index[s]] * mask[:, g]
+                    ins.append(outs[s] * keep.view(b, *([1] * (outs[s].dim() - 1))))
                 h = self._combine(n, ins)
                 if n == self.graph.output:  # disconnected examples predict from zeros, as the live mode
                     h = h * connected.view(b, *([1] * (h.dim() - 1)))
