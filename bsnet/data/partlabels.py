@@ -6,7 +6,10 @@ split files, all extracted into one data directory (or a folder one level below 
 
     lfw_funneled/<Name>/<Name>_<NNNN>.jpg           250x250 RGB
     parts_lfw_funneled_gt_images/<Name>_<NNNN>.ppm  250x250: red hair, green skin, blue background
-    parts_train.txt, parts_validation.txt, parts_test.txt   lines "<Name> <N>" (N the image number)
+    parts_train.txt, parts_validation.txt, parts_test.txt   lines "<Name> <N>" (N the image number, 4 digits
+                                                            zero-padded in the file names)
+
+(The official README could not be read here; the layout matches the public readers of the set.)
 
 Each label pixel is the class of its strongest channel: 0 background (blue), 1 skin (green), 2 hair (red).
 Images are resized to `image_size` (a power of two, 128 by default; bilinear), label maps likewise (nearest),
