@@ -5,6 +5,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 import yaml
 
 EXIT_USAGE, EXIT_BUDGET, EXIT_DIVERGED = 2, 3, 4
+CLI_EXTRAS = ("rich", "matplotlib", "sklearn", "PIL")  # bsnet[cli]
 
 SEARCH_DEFAULTS: dict[str, Any] = {
     "supernet": "cnf",
@@ -98,6 +100,8 @@ def resolve_search_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.supernet_config:
         cfg["supernet_config"] = {**(cfg["supernet_config"] or {}),
                                   **_key_values(args.supernet_config, "--supernet-config")}
+    if args.seed is not None and isinstance(cfg["search_config"], dict):
+        cfg["search_config"].pop("seed", None)  # --seed also seeds the gates (a config.yaml records their seed)
     if args.search_config:
         cfg["search_config"] = {**(cfg["search_config"] or {}), **_key_values(args.search_config, "--search-config")}
     types = {"epochs": int, "finetune_epochs": int, "batch_size": int, "seed": int}
@@ -111,6 +115,11 @@ def resolve_search_config(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(cfg["budget"], list) or not all(isinstance(b, (str, int, float)) for b in cfg["budget"]):
         raise UsageError(f"budget must be a list like ['30%', 'params=1.2M'], got {cfg['budget']!r}")
     cfg["budget"] = [str(b) for b in cfg["budget"]]
+    workers = cfg["parallel_workers"]
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise UsageError(f"parallel_workers must be an integer >= 1, got {workers!r}")
+    if cfg["latency_table"] is not None and not Path(str(cfg["latency_table"])).is_file():
+        raise UsageError(f"latency table {cfg['latency_table']} does not exist (make one with `bsnet profile`)")
     if cfg["device"] not in ("cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
         raise UsageError(f"device must be cpu or cuda, got {cfg['device']!r}")
     for key in ("supernet_config", "search_config"):
@@ -147,6 +156,32 @@ def build_supernet(name: str, config: dict[str, Any], data, model: str | None = 
         if k in fields:
             cfg.setdefault(k, v)
     return bsnet.create_supernet(name, **cfg)
+
+
+def _check_resume(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    """A resumed run goes on as its config.yaml says: options that would change it are refused, not ignored
+    (`--device` may change). Code it names (`--model`, a `package.module:cost` budget) is imported only when the
+    user names it again: a run directory never makes bsnet import code."""
+    if args.config:
+        raise UsageError("--resume continues the run from its own config.yaml: drop --config")
+    if cfg.get("model") and args.model != cfg["model"]:
+        raise UsageError(f"this run searched --model {cfg['model']}: pass it again to resume (bsnet never imports "
+                         "code named in a run directory)")
+    custom = [b for b in cfg.get("budget", []) if ":" in b]
+    if custom and args.budget != cfg["budget"]:
+        raise UsageError(f"this run's budgets name your code ({', '.join(custom)}): pass "
+                         f"{' '.join('--budget ' + b for b in cfg['budget'])} again to resume")
+    given = {k: getattr(args, k) for k in SEARCH_DEFAULTS
+             if k not in ("device", "supernet_config", "search_config") and getattr(args, k, None) is not None}
+    for key, option in (("supernet_config", "--supernet-config"), ("search_config", "--search-config")):
+        for k, v in _key_values(getattr(args, key), option).items():
+            given[f"{key}.{k}"] = v
+    for key, value in given.items():
+        group, _, sub = key.partition(".")
+        recorded = cfg.get(group) if not sub else (cfg.get(group) or {}).get(sub)
+        if value != recorded:
+            raise UsageError(f"--resume continues the run as it was configured: {key} is {recorded!r} in its "
+                             f"config.yaml, not {value!r} (start a new run to change it)")
 
 
 def _device(name: str):
@@ -189,6 +224,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not args.out or not (Path(args.out) / "config.yaml").exists():
             raise UsageError(f"nothing to resume in {args.out}: it holds no bsnet run")
         cfg = yaml.safe_load((Path(args.out) / "config.yaml").read_text())
+        _check_resume(args, cfg)
     else:
         cfg = resolve_search_config(args)
     device = _device(cfg["device"])
@@ -452,6 +488,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     suffix = {"pt": ".safetensors", "onnx": ".onnx", "python": ".py"}[args.format]
     stem = "found_network" if args.format == "python" else "model"  # the python format writes its own weights
     out = Path(args.out) if args.out else run / "export" / f"{stem}{suffix}"
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory: name the file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "pt":
         save_weights(module, arch, out)
@@ -491,8 +529,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                        schedule=args.schedule, seed=seed)
     device = _device(args.device)
     final = run / "final"
-    final.mkdir(exist_ok=True)
-    metrics_path = final / "metrics.jsonl"
+    if (final / "result.json").exists() and not args.overwrite:
+        raise UsageError(f"{final} already holds a trained network: pass --overwrite to replace it")
+    staging = run / "final.partial"  # final/ is replaced only by a finished training
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    metrics_path = staging / "metrics.jsonl"
     runs.atomic_write_text(metrics_path, "")
     err = Console(stderr=True)
     steps = -(-len(data.train) // tcfg.batch_size)
@@ -511,8 +554,11 @@ def cmd_train(args: argparse.Namespace) -> int:
               "cost": all_costs(net, mask, parallel_workers=cfg.get("parallel_workers")),
               "epochs": tcfg.epochs, "start": "search weights (fine-tune)" if args.finetune else "from scratch",
               "train_config": dataclasses.asdict(tcfg)}
-    save_weights(module, arch, final / "model.safetensors")
-    runs.atomic_write_text(final / "result.json", json.dumps(result, indent=1))
+    save_weights(module, arch, staging / "model.safetensors")
+    runs.atomic_write_text(staging / "result.json", json.dumps(result, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
     print(f"trained the found network {'from its search weights' if args.finetune else 'from scratch'} for "
           f"{tcfg.epochs} epochs: test accuracy {100 * test_acc:.2f}%; written to {final}")
     return 0
@@ -622,7 +668,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs = run_sweep(budgets, Path(args.out), args.search_args, cost=args.sweep_cost, workers=args.workers,
                      engine=args.engine, train_epochs=args.train_epochs)
     for r in runs:
-        result = (f"{args.sweep_cost} {r.cost:.4g}, accuracy {100 * r.accuracy:.2f}%" if r.status != "failed"
+        cost = f"{r.cost:.4g}" if r.cost is not None else "not recorded"
+        result = (f"{args.sweep_cost} {cost}, accuracy {100 * r.accuracy:.2f}%" if r.status != "failed"
                   else f"FAILED: {r.error}")
         print(f"{r.budget:>8}  {r.status:<9} {result}  ({r.run_dir})")
     print(f"sweep written to {Path(args.out) / 'sweep.csv'}")
@@ -725,6 +772,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset")
     t.add_argument("--data-dir")
     t.add_argument("--model")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier training's final/")
     t.set_defaults(func=cmd_train, finetune=False)
     ev = sub.add_parser("eval", help="accuracy and every cost of the exported network, measured on it")
     ev.add_argument("run_dir")
@@ -757,6 +805,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (UsageError, RunDirError, ValueError, FileNotFoundError) as e:
         print(f"bsnet: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as e:
+        if e.name in CLI_EXTRAS:  # a core-only install
+            print(f"bsnet: error: the command line needs {e.name}: pip install 'bsnet[cli]'", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    except OSError as e:  # a path that cannot be written or read (permissions, a directory for a file, a full disk)
+        print(f"bsnet: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("bsnet: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)

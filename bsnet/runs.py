@@ -8,6 +8,8 @@ Layout of a search run:
     architecture.json    written when the search has finished
     weights.safetensors  the found network's fine-tuned weights (live nodes only)
     search.png, architecture.png
+    final/               `bsnet train`: model.safetensors, metrics.jsonl, result.json (built in final.partial/)
+    export/, eval.json   `bsnet export` and `bsnet eval`
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "architecture.json", "checkpoints")
+# What bsnet writes in a run directory: search, `bsnet train` (final/), `bsnet export` (export/), `bsnet eval`.
+RUN_OUTPUTS = RUN_MARKERS + ("weights.safetensors", "search.png", "architecture.png", "final", "final.partial",
+                             "export", "eval.json")
 CHECKPOINT_FORMAT = 1
 
 # Test-only fault injection: the process kills itself (SIGKILL) when it reaches the named point, e.g.
@@ -42,8 +48,21 @@ class RunDirError(ValueError):
     """A run directory that cannot be used as asked (occupied, missing, damaged)."""
 
 
+def run_markers(path: Path) -> list[str]:
+    return [m for m in RUN_MARKERS if (path / m).exists()]
+
+
 def is_run(path: Path) -> bool:
-    return path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+    return path.is_dir() and bool(run_markers(path))
+
+
+def is_bsnet_run(path: Path) -> bool:
+    """Whether `path` holds a search run bsnet wrote: its config.yaml has the keys bsnet writes."""
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(cfg, dict) and {"supernet", "budget", "search_config"} <= cfg.keys()
 
 
 def next_run_dir(root: Path, prefix: str = "search") -> Path:
@@ -72,13 +91,14 @@ def prepare_run_dir(out: str | None, *, resume: bool, overwrite: bool, root: str
             if not overwrite:
                 raise RunDirError(f"{out} already holds a run: pass --resume to continue it or --overwrite to "
                                   "replace it")
-            for m in RUN_MARKERS + ("weights.safetensors", "search.png", "architecture.png"):
+            if not is_bsnet_run(path):
+                raise RunDirError(f"{out} holds files that are not a bsnet run ({', '.join(run_markers(path))}): "
+                                  "--overwrite replaces only runs bsnet wrote; choose another --out")
+            for m in RUN_OUTPUTS:  # everything bsnet writes there, so that nothing of the old run is read back
                 p = path / m
-                if p.is_dir():
-                    for f in p.iterdir():
-                        f.unlink()
-                    p.rmdir()
-                elif p.exists():
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
                     p.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -30,6 +30,14 @@ class SweepRun:
     error: str = ""
 
 
+def cost_name(cost: str) -> str:
+    """The key a cost's figures have in architecture.json: a cost of the user's own is recorded under its `name`."""
+    if ":" not in cost:
+        return cost
+    from bsnet.budgets import make_cost
+    return make_cost(cost).name
+
+
 def run_dir_name(budget: str) -> str:
     return "budget-" + re.sub(r"[^0-9A-Za-z.]+", "_", budget.replace("%", "pct"))
 
@@ -60,7 +68,7 @@ def _execute(cmds: list[list[str]], threads: int) -> tuple[int, str]:
 def _summarise(run: SweepRun, cost: str) -> None:
     out = Path(run.run_dir)
     arch = json.loads((out / "architecture.json").read_text())
-    run.cost = arch["cost"].get(cost.split(":")[-1] if ":" in cost else cost)
+    run.cost = arch["cost"].get(cost_name(cost))
     run.flops, run.params = arch["cost"].get("flops"), arch["cost"].get("params")
     result = out / "final" / "result.json"
     run.accuracy = json.loads(result.read_text())["test_acc"] if result.exists() else arch["metrics"]["test_acc"]

@@ -42,6 +42,10 @@ def test_load_export_train_eval_show(run, capsys, tmp_path):
     final = bsnet.load(run)  # final/ weights now take precedence
     assert torch.equal(outputs(final), outputs(bsnet.load(run / "final")))
     assert not torch.equal(outputs(final), outputs(searched))
+    assert main(["train", str(run), "--epochs", "1"]) == 2  # a second training asks before replacing final/
+    assert "--overwrite" in capsys.readouterr().err and torch.equal(outputs(bsnet.load(run)), outputs(final))
+    assert main(["export", str(run), "--format", "pt", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
 
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0

@@ -1,5 +1,6 @@
 """`bsnet search` end to end on digits with a tiny fabric, its run directory, resume and its error cases."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -90,6 +91,9 @@ def test_default_run_directories_are_numbered(tmp_path, monkeypatch):
     (["--supernet-config", "image_size=12"], "power-of-two"),
     (["--dataset", "image-folder", "--data-dir", "EMPTY"], "is not an image folder"),
     (["--dataset", "cifar10", "--data-dir", "EMPTY"], "cifar"),
+    (["--supernet-config", "layers=three"], "layers must be an integer"),
+    (["--parallel-workers", "0"], "parallel_workers must be an integer >= 1"),
+    (["--val-size", "1"], "holds out none: ask for at least"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
@@ -105,6 +109,52 @@ def test_out_holding_another_run_is_refused(finished_run, capsys):
     assert main(["search", *TINY, "--out", str(finished_run)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (finished_run / "architecture.json").read_bytes() == before
+
+
+def test_overwrite_replaces_every_output_of_the_old_run(finished_run, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(finished_run, out)
+    for extra in ("final/model.safetensors", "export/model.onnx", "eval.json"):  # train, export, eval outputs
+        (out / extra).parent.mkdir(exist_ok=True)
+        (out / extra).write_text("old")
+    assert main(["search", *TINY[:5], "--epochs", "1", "--finetune-epochs", "0", "--out", str(out),
+                 "--overwrite"]) == 0
+    assert not (out / "final").exists() and not (out / "export").exists() and not (out / "eval.json").exists()
+    assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert bsnet.load(out) is not None  # the new run's weights
+
+
+def test_overwrite_leaves_a_folder_bsnet_did_not_write(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "mine.pt").write_text("user data")
+    (tmp_path / "config.yaml").write_text("lr: 0.1\n")
+    assert main(["search", *TINY, "--out", str(tmp_path), "--overwrite"]) == 2
+    assert "not a bsnet run" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints" / "mine.pt").read_text() == "user data"
+    assert (tmp_path / "config.yaml").read_text() == "lr: 0.1\n"
+
+
+def test_resume_refuses_options_that_would_change_the_run(finished_run, tmp_path, capsys):
+    out = tmp_path / "r"
+    shutil.copytree(finished_run, out)
+    (out / "architecture.json").unlink()  # unfinished
+    for extra, message in ((["--epochs", "5"], "epochs is 2 in its config.yaml, not 5"),
+                           (["--supernet-config", "layers=4"], "supernet_config.layers is 3"),
+                           (["--config", str(out / "config.yaml")], "drop --config")):
+        assert main(["search", "--out", str(out), "--resume", *extra]) == 2
+        assert message in capsys.readouterr().err
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": "somepkg.models:make"}))
+    assert main(["search", "--out", str(out), "--resume"]) == 2  # imports nothing a run directory names
+    assert "pass it again" in capsys.readouterr().err
+
+
+def test_seed_given_with_a_config_file_seeds_the_gates_too(finished_run, tmp_path):
+    out = tmp_path / "r"
+    assert main(["search", "--config", str(finished_run / "config.yaml"), "--seed", "7", "--epochs", "1",
+                 "--finetune-epochs", "0", "--out", str(out)]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["seed"] == 7 and cfg["search_config"]["seed"] == 7
 
 
 @pytest.mark.parametrize("content, message", [("epochs: [1\n", "not valid YAML"), ("epochz: 3\n", "unknown key"),

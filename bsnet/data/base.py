@@ -120,6 +120,9 @@ def stratified_split(y: torch.Tensor, fraction: float | int, seed: int) -> tuple
         idx = idx[torch.randperm(len(idx), generator=g)]
         held.append(idx[: int(round(len(idx) * n_out / n))])
     out = torch.cat(held)
+    if len(out) == 0:  # each class's share rounds to 0
+        raise ValueError(f"holding out {fraction} of {n} examples, stratified by class, holds out none: "
+                         f"ask for at least {n // (2 * min(int((labels == c).sum()) for c in labels.unique())) + 1}")
     mask = torch.ones(n, dtype=torch.bool)
     mask[out] = False
     return mask.nonzero().flatten(), out.sort().values

@@ -24,17 +24,28 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: str
     try:
         torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
                           dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+        if check:
+            _check(module, input_shape, path, atol)
+    except Exception as e:  # no half-checked file is left behind
+        path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"ONNX export failed: {type(e).__name__}: {first}") from None
     finally:
         quiet.setLevel(level)
-    if check:
-        import onnxruntime as ort
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for batch in (1, 3):  # a batch size other than the traced one: the batch axis must be dynamic
-            xb = torch.randn(batch, *input_shape)
-            got = sess.run(None, {"input": xb.numpy()})[0]
-            with torch.no_grad():
-                want = module(xb).numpy()
-            if got.shape != want.shape or not np.allclose(got, want, atol=atol):
-                raise RuntimeError(f"ONNX Runtime disagrees with PyTorch on the exported network "
-                                   f"(max abs difference {np.abs(got - want).max():.3g})")
     return path
+
+
+def _check(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path, atol: float) -> None:
+    """ONNX Runtime must agree with PyTorch, at batch sizes other than the traced one (the axis is dynamic)."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        xb = torch.randn(batch, *input_shape)
+        got = sess.run(None, {"input": xb.numpy()})[0]
+        with torch.no_grad():
+            want = module(xb).numpy()
+        if got.shape != want.shape or not np.allclose(got, want, atol=atol):
+            raise RuntimeError(f"ONNX Runtime disagrees with PyTorch on the exported network "
+                               f"(max abs difference {np.abs(got - want).max():.3g})")
