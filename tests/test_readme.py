@@ -9,8 +9,12 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 def test_api_example_runs(capsys):
     code = BLOCKS[0].replace("range(12)", "range(1)").replace("epochs=12", "epochs=1")
     code = code.replace('create_supernet("cnf", ', 'create_supernet("cnf", layers=3, channels=8, ')
-    exec(compile(code, "README.md", "exec"), {})
-    assert capsys.readouterr().out.strip()
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    search, found = namespace["search"], namespace["found"]
+    assert search.within_budget(found.mask) and bool(search.net.graph.connected(found.mask))
+    flops, projected, acc = capsys.readouterr().out.split()  # what the example prints
+    assert float(flops) == float(namespace["bsnet"].FlopsCost()(search.net, found.mask)) and 0.0 <= float(acc) <= 1.0
 
 
 def test_custom_supernetwork_example_runs():
