@@ -75,22 +75,26 @@ def _typed(config_cls: type, values: dict[str, Any], what: str) -> Any:
     return config_cls(**out)
 
 
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise UsageError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"config {path} must be a mapping of option: value")
+    unknown = sorted(set(doc) - set(SEARCH_DEFAULTS))
+    if unknown:
+        raise UsageError(f"unknown key(s) in {path}: {', '.join(unknown)}")
+    return doc
+
+
 def resolve_search_config(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults, then the YAML file, then the options given on the command line."""
     cfg = copy.deepcopy(SEARCH_DEFAULTS)
     if args.config:
-        try:
-            doc = yaml.safe_load(Path(args.config).read_text()) or {}
-        except OSError as e:
-            raise UsageError(f"cannot read config {args.config}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise UsageError(f"config {args.config} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(doc, dict):
-            raise UsageError(f"config {args.config} must be a mapping of option: value")
-        unknown = sorted(set(doc) - set(cfg))
-        if unknown:
-            raise UsageError(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
-        cfg.update(doc)
+        cfg.update(_read_config_file(args.config))
     for key in cfg:
         if key in ("supernet_config", "search_config"):
             continue  # KEY=VALUE lists, merged below
@@ -162,24 +166,29 @@ def _check_resume(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
     """A resumed run goes on as its config.yaml says: options that would change it are refused, not ignored
     (`--device` may change). Code it names (`--model`, a `package.module:cost` budget) is imported only when the
     user names it again: a run directory never makes bsnet import code."""
-    if args.config:
-        raise UsageError("--resume continues the run from its own config.yaml: drop --config")
-    if cfg.get("model") and args.model != cfg["model"]:
+    given: dict[str, Any] = {}  # what the config file and the options ask for, as "key" or "group.key"
+    for key, value in (_read_config_file(args.config) if args.config else {}).items():
+        if isinstance(value, dict):
+            given.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            given[key] = [value] if key == "budget" and isinstance(value, str) else value
+    given.update({k: getattr(args, k) for k in SEARCH_DEFAULTS
+                  if k not in ("supernet_config", "search_config") and getattr(args, k, None) is not None})
+    if args.seed is not None:
+        given.pop("search_config.seed", None)  # --seed seeds the gates too (resolve_search_config)
+    for key, option in (("supernet_config", "--supernet-config"), ("search_config", "--search-config")):
+        given.update({f"{key}.{k}": v for k, v in _key_values(getattr(args, key), option).items()})
+    if cfg.get("model") and given.get("model") != cfg["model"]:
         raise UsageError(f"this run searched --model {cfg['model']}: pass it again to resume (bsnet never imports "
                          "code named in a run directory)")
     custom = [b for b in cfg.get("budget", []) if ":" in b]
-    if custom and args.budget != cfg["budget"]:
+    if custom and [str(b) for b in given.get("budget", [])] != cfg["budget"]:
         raise UsageError(f"this run's budgets name your code ({', '.join(custom)}): pass "
                          f"{' '.join('--budget ' + b for b in cfg['budget'])} again to resume")
-    given = {k: getattr(args, k) for k in SEARCH_DEFAULTS
-             if k not in ("device", "supernet_config", "search_config") and getattr(args, k, None) is not None}
-    for key, option in (("supernet_config", "--supernet-config"), ("search_config", "--search-config")):
-        for k, v in _key_values(getattr(args, key), option).items():
-            given[f"{key}.{k}"] = v
     for key, value in given.items():
         group, _, sub = key.partition(".")
         recorded = cfg.get(group) if not sub else (cfg.get(group) or {}).get(sub)
-        if value != recorded:
+        if key != "device" and value != recorded and not (key == "budget" and [str(b) for b in value] == recorded):
             raise UsageError(f"--resume continues the run as it was configured: {key} is {recorded!r} in its "
                              f"config.yaml, not {value!r} (start a new run to change it)")
 

@@ -138,15 +138,21 @@ def test_resume_refuses_options_that_would_change_the_run(finished_run, tmp_path
     out = tmp_path / "r"
     shutil.copytree(finished_run, out)
     (out / "architecture.json").unlink()  # unfinished
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**yaml.safe_load((out / "config.yaml").read_text()),
+                                                     "batch_size": 8}))
     for extra, message in ((["--epochs", "5"], "epochs is 2 in its config.yaml, not 5"),
                            (["--supernet-config", "layers=4"], "supernet_config.layers is 3"),
-                           (["--config", str(out / "config.yaml")], "drop --config")):
+                           (["--config", str(tmp_path / "c.yaml")], "batch_size is 64 in its config.yaml, not 8")):
         assert main(["search", "--out", str(out), "--resume", *extra]) == 2
         assert message in capsys.readouterr().err
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     (out / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": "somepkg.models:make"}))
     assert main(["search", "--out", str(out), "--resume"]) == 2  # imports nothing a run directory names
     assert "pass it again" in capsys.readouterr().err
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    from bsnet.cli import _check_resume, make_parser
+    for same in ([], [*TINY], ["--config", str(out / "config.yaml")], ["--device", "cuda"]):  # all accepted
+        _check_resume(make_parser().parse_args(["search", "--out", str(out), "--resume", *same]), cfg)
 
 
 def test_seed_given_with_a_config_file_seeds_the_gates_too(finished_run, tmp_path):
