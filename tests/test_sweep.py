@@ -1,7 +1,9 @@
 """`bsnet sweep` on digits: one search per budget in parallel processes, sweep.csv, reruns skip what finished."""
 import csv
 
+from bsnet import FlopsCost
 from bsnet.cli import main
+from bsnet.sweep import cost_name
 
 SEARCH = ["--supernet-config", "layers=3", "channels=8", "--epochs", "1", "--finetune-epochs", "0"]
 
@@ -36,3 +38,15 @@ def test_sweep_on_ray(tmp_path, monkeypatch):
     assert main(["sweep", "--engine", "ray", "--budgets", "30%", "--out", str(out), *SEARCH]) == 0
     rows = list(csv.DictReader(open(out / "sweep.csv")))
     assert rows[0]["status"] == "finished" and float(rows[0]["cost"]) > 0
+
+
+class Energy(FlopsCost):
+    """A user's cost class whose recorded name (`energy`) is not its attribute name (`Energy`)."""
+
+    name = "energy"
+
+
+def test_the_swept_cost_is_read_under_the_name_it_is_recorded_with():
+    assert cost_name("flops") == "flops"
+    assert cost_name("tests.test_sweep:Energy") == "energy"
+    assert cost_name("tests.test_cli_search:constant_cost") == "constant_cost"  # a function: its own name
