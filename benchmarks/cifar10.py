@@ -401,8 +401,9 @@ def table(results_dir: Path) -> int:
              f"{pr['lr']} cosine, seeds {', '.join(map(str, pr['seeds']))}; search {pr['search_epochs']} epochs; "
              f"random: best on validation of {pr['random_candidates']} candidates trained {pr['selection_epochs']} "
              "epochs. A difference within the larger seed range is a tie.",
-             "Parts: " + ", ".join(f"ResNet-{p['depth']} {p['part_s'] / 60:.0f} min" for p in parts) + "; machine: "
-             + ", ".join(sorted({f"{p['machine']['cpus']} cpus, {p['machine']['threads']} threads" for p in parts}))]
+             "Parts (wall time, torch threads): " + ", ".join(
+                 f"ResNet-{p['depth']} {p['part_s'] / 60:.0f} min at {p['machine']['threads']}" for p in parts)
+             + "; machine: " + ", ".join(sorted({f"{p['machine']['cpus']} cpus" for p in parts}))]
     if quick:
         notes.insert(0, "**SMOKE RUN (--quick): these figures are not results.**")
     text = "\n".join(lines + [""] + notes) + "\n"
