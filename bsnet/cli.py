@@ -565,9 +565,12 @@ def cmd_train(args: argparse.Namespace) -> int:
               "train_config": dataclasses.asdict(tcfg)}
     save_weights(module, arch, staging / "model.safetensors")
     runs.atomic_write_text(staging / "result.json", json.dumps(result, indent=1))
+    replaced = run / "final.replaced"  # the earlier training, moved aside until the new one is in place
+    shutil.rmtree(replaced, ignore_errors=True)
     if final.exists():
-        shutil.rmtree(final)
+        final.rename(replaced)
     staging.rename(final)
+    shutil.rmtree(replaced, ignore_errors=True)
     print(f"trained the found network {'from its search weights' if args.finetune else 'from scratch'} for "
           f"{tcfg.epochs} epochs: test accuracy {100 * test_acc:.2f}%; written to {final}")
     return 0

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "architecture.json", "checkpoints")
 # What bsnet writes in a run directory: search, `bsnet train` (final/), `bsnet export` (export/), `bsnet eval`.
 RUN_OUTPUTS = RUN_MARKERS + ("weights.safetensors", "search.png", "architecture.png", "final", "final.partial",
-                             "export", "eval.json")
+                             "final.replaced", "export", "eval.json")
 CHECKPOINT_FORMAT = 1
 
 # Test-only fault injection: the process kills itself (SIGKILL) when it reaches the named point, e.g.

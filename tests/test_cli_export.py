@@ -61,6 +61,11 @@ def test_load_export_train_eval_show(run, capsys, tmp_path):
     assert main(["show", str(run), "--draw", str(tmp_path / "a.png")]) == 0
     assert "gates kept" in capsys.readouterr().out and (tmp_path / "a.png").stat().st_size > 0
 
+    assert main(["train", str(run), "--epochs", "1", "--seed", "3", "--overwrite"]) == 0  # replaces final/
+    assert json.loads((run / "final" / "result.json").read_text())["train_config"]["seed"] == 3
+    assert not torch.equal(outputs(bsnet.load(run)), outputs(final))
+    assert not (run / "final.partial").exists() and not (run / "final.replaced").exists()
+
 
 def test_commands_on_something_that_is_not_a_run(tmp_path, capsys):
     for cmd in (["export", str(tmp_path)], ["train", str(tmp_path)], ["eval", str(tmp_path)], ["show", str(tmp_path)]):
