@@ -83,3 +83,11 @@ def test_incompatible_format_version_is_refused(run, tmp_path, capsys):
     assert main(["show", str(copy)]) == 2
     err = capsys.readouterr().err
     assert "version 99" in err and "version 1" in err
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(run, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a directory")
+    assert main(["export", str(run), "--format", "pt", "--out", str(tmp_path / "a_file" / "m.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bsnet: error:") and "a_file" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "a_file").read_text() == "not a directory"
