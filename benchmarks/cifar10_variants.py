@@ -1,0 +1,91 @@
+"""Search variants on the CIFAR-10 benchmark (diagnostics, issue 5): bsnet's search at one budget of
+`benchmarks/cifar10.py` under other search settings, the found architecture retrained with the same recipe, data and
+seeds. Compare with that part's `bsnet` and `random` rows (`benchmarks/results/cifar10/resnet<d>.json`); the
+baselines are not trained again.
+
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-epochs 20 --name epochs20
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-config init_prob=0.8 --name init08
+
+Prints `cifar10.variant.<name>.<figure>=<value>` lines (search epochs, found gates, flops, params,
+`test_acc.seed<s>`, `test_acc_mean`, `test_acc_spread`) and writes
+`benchmarks/results/cifar10/variants/resnet<d>-<name>.json`. About 25 minutes at 2 threads for ResNet-20's budget;
+`--quick` runs the benchmark's smoke protocol (figures not results).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import torch
+
+import bsnet
+from bsnet.budgets import Budget
+from bsnet.cli import _key_values, _typed
+from bsnet.data import num_batches
+from bsnet.fabrics.resnet_fabric import resnet_mask
+from bsnet.search import BudgetedSearch, SearchConfig
+from bsnet.train import TrainConfig
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cifar10 as bench  # noqa: E402  (the benchmark's protocol, data and training)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget-index", type=int, choices=range(len(bench.DEPTHS)), required=True)
+    parser.add_argument("--search-epochs", type=int, default=None, help="default: the benchmark's (10)")
+    parser.add_argument("--search-config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="SearchConfig fields, e.g. init_prob=0.8 gate_lr=0.02")
+    parser.add_argument("--name", required=True, help="the variant's name in the output")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="smoke run on the benchmark's tiny protocol")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    proto, depth = (bench.QUICK if args.quick else bench.FULL), bench.DEPTHS[args.budget_index]
+    settings = _key_values(args.search_config, "--search-config")
+    epochs = args.search_epochs or proto.search_epochs
+    print(bench.machine_line(budget=f"resnet{depth}", variant=args.name), flush=True)
+
+    def emit(key: str, value: object) -> None:
+        print(f"cifar10.variant.{args.name}.{key}={value}", flush=True)
+
+    t0 = time.perf_counter()
+    data = bench.protocol_data(bench.cifar_folder(None), proto.n_train, proto.n_val, proto.n_test, proto.data_seed)
+    torch.manual_seed(proto.seeds[0])  # as the benchmark's part: the same super network initialisation
+    net = bsnet.create_supernet("resnet_fabric")
+    limit = float(bsnet.FlopsCost()(net, resnet_mask(net, depth)))
+    cfg = _typed(SearchConfig, {"seed": proto.seeds[0], **settings}, "search")
+    search = BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], cfg,
+                            steps_per_epoch=num_batches(data.train, proto.batch_size, drop_last=True),
+                            epochs=epochs)
+    s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
+    found = search.found()
+    runs = []
+    for seed in proto.seeds:
+        tc = TrainConfig(epochs=proto.epochs, batch_size=proto.batch_size, lr=proto.lr, seed=seed)
+        runs.append(bench.train_and_test(bsnet.export_module(net, found.mask), data, tc, reset=True,
+                                         monitor_val=proto.monitor_val))
+    entry = bench.network_entry("bsnet", net, found.mask, runs, projected=found.projected)
+    emit("kept", " ".join(entry["kept"]))
+    emit("flops", f"{entry['flops']:.0f}")
+    emit("params", f"{entry['params']:.0f}")
+    for r in runs:
+        emit(f"test_acc.seed{r['seed']}", f"{r['test_acc']:.4f}")
+    emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
+    emit("test_acc_spread", f"{entry['test_acc_spread']:.4f}")
+    emit("wall_s", f"{time.perf_counter() - t0:.0f}")
+    result = {"depth": depth, "variant": args.name, "search_epochs": epochs,
+              "search_config": dataclasses.asdict(cfg), "budget_flops": limit, "network": entry, "search": s,
+              "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
+              "bsnet_version": bsnet.__version__}
+    folder = bench.RESULTS / ("cifar10-quick" if args.quick else "cifar10") / "variants"
+    bench.save_result(folder / f"resnet{depth}-{args.name}.json", result, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
