@@ -5,6 +5,7 @@ baselines are not trained again.
 
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-epochs 20 --name epochs20
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-config init_prob=0.8 --name init08
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --select 3 --name select3
 
 Prints `cifar10.variant.<name>.<figure>=<value>` lines (search epochs, found gates, flops, params,
 `test_acc.seed<s>`, `test_acc_mean`, `test_acc_spread`) and writes
@@ -33,12 +34,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cifar10 as bench  # noqa: E402  (the benchmark's protocol, data and training)
 
 
+def likely_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """The found architecture, then those one gate away from it, least certain gate first, that are connected,
+    within every budget and not already listed: `k` at most."""
+    graph, logits = search.net.graph, search.gates.logits.detach().cpu()
+    out = [mode]
+    for g in torch.argsort(logits.abs()).tolist():
+        if len(out) == k:
+            break
+        trial = mode.clone()
+        trial[g] = 1.0 - trial[g]
+        trial = graph.prune(trial)
+        if bool(graph.connected(trial)) and search.within_budget(trial) and not any(torch.equal(trial, m) for m in out):
+            out.append(trial)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-index", type=int, choices=range(len(bench.DEPTHS)), required=True)
     parser.add_argument("--search-epochs", type=int, default=None, help="default: the benchmark's (10)")
     parser.add_argument("--search-config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="SearchConfig fields, e.g. init_prob=0.8 gate_lr=0.02")
+    parser.add_argument("--select", type=int, default=1, help="K > 1: train the K most probable architectures "
+                        "within the budget for the selection epochs and keep the best on validation, as the random "
+                        "baseline does with its K candidates")
     parser.add_argument("--name", required=True, help="the variant's name in the output")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke run on the benchmark's tiny protocol")
@@ -64,12 +84,22 @@ def main(argv: list[str] | None = None) -> int:
                             epochs=epochs)
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
+    chosen, selection = found.mask, None
+    if args.select > 1:  # as the random baseline: candidates trained briefly alone, the best on validation kept
+        candidates = likely_architectures(search, found.mask, args.select)
+        short = TrainConfig(epochs=proto.selection_epochs, batch_size=proto.batch_size, lr=proto.lr,
+                            seed=proto.seeds[0])
+        selection = [bench.train_and_test(bsnet.export_module(net, m), data, short, reset=True,
+                                          monitor_val=proto.monitor_val, kind="selection") for m in candidates]
+        best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
+        chosen = candidates[best]
+        emit("selection", " ".join(f"{r['val_acc']:.4f}" for r in selection) + f" chosen={best}")
     runs = []
     for seed in proto.seeds:
         tc = TrainConfig(epochs=proto.epochs, batch_size=proto.batch_size, lr=proto.lr, seed=seed)
-        runs.append(bench.train_and_test(bsnet.export_module(net, found.mask), data, tc, reset=True,
+        runs.append(bench.train_and_test(bsnet.export_module(net, chosen), data, tc, reset=True,
                                          monitor_val=proto.monitor_val))
-    entry = bench.network_entry("bsnet", net, found.mask, runs, projected=found.projected)
+    entry = bench.network_entry("bsnet", net, chosen, runs, projected=found.projected, selection=selection)
     emit("kept", " ".join(entry["kept"]))
     emit("flops", f"{entry['flops']:.0f}")
     emit("params", f"{entry['params']:.0f}")
