@@ -6,6 +6,7 @@ baselines are not trained again.
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-epochs 20 --name epochs20
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-config init_prob=0.8 --name init08
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --select 3 --name select3
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --select 8 --rank shared --name shared8
 
 Prints `cifar10.variant.<name>.<figure>=<value>` lines (search epochs, found gates, flops, params,
 `test_acc.seed<s>`, `test_acc_mean`, `test_acc_spread`) and writes
@@ -25,10 +26,10 @@ import torch
 import bsnet
 from bsnet.budgets import Budget
 from bsnet.cli import _key_values, _typed
-from bsnet.data import num_batches
+from bsnet.data import batches, num_batches
 from bsnet.fabrics.resnet_fabric import resnet_mask
-from bsnet.search import BudgetedSearch, SearchConfig
-from bsnet.train import TrainConfig
+from bsnet.search import BudgetedSearch, SearchConfig, recalibrate_bn
+from bsnet.train import TrainConfig, accuracy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cifar10 as bench  # noqa: E402  (the benchmark's protocol, data and training)
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--select", type=int, default=1, help="K > 1: train the K most probable architectures "
                         "within the budget for the selection epochs and keep the best on validation, as the random "
                         "baseline does with its K candidates")
+    parser.add_argument("--rank", choices=("trained", "shared"), default="trained",
+                        help="how --select ranks: trained alone for the selection epochs (as the random baseline), "
+                        "or on the search weights with BatchNorm statistics recomputed for each")
     parser.add_argument("--name", required=True, help="the variant's name in the output")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke run on the benchmark's tiny protocol")
@@ -85,7 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
     chosen, selection = found.mask, None
-    if args.select > 1:  # as the random baseline: candidates trained briefly alone, the best on validation kept
+    if args.select > 1 and args.rank == "shared":  # on the search weights, BN statistics recomputed per candidate
+        candidates = likely_architectures(search, found.mask, args.select)
+        selection = []
+        for m in candidates:
+            export = bsnet.export_module(net, m)
+            recalibrate_bn(export, export, batches(data.train, proto.batch_size), "cpu")
+            selection.append({"val_acc": accuracy(export, batches(data.val, 256))})
+        best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
+        chosen = candidates[best]
+        emit("selection", " ".join(f"{r['val_acc']:.4f}" for r in selection) + f" chosen={best}")
+    elif args.select > 1:  # as the random baseline: candidates trained briefly alone, the best on validation kept
         candidates = likely_architectures(search, found.mask, args.select)
         short = TrainConfig(epochs=proto.selection_epochs, batch_size=proto.batch_size, lr=proto.lr,
                             seed=proto.seeds[0])
