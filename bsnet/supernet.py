@@ -172,8 +172,8 @@ class SuperNetwork(nn.Module):
         b = x.shape[0]
         mask = mask.to(x.dtype)
         live = self.graph.live(mask).to(device=x.device, dtype=x.dtype)  # [B, N]
-        index = {n: i for i, n in enumerate(self.graph.order)}
-        connected = live[:, index[self.graph.output]]
+        index = self.graph.index
+        connected = live[:, index(self.graph.output)]
         outs: dict[str, torch.Tensor] = {}
         for n in self.graph.order:
             if n == self.graph.input:
@@ -181,7 +181,7 @@ class SuperNetwork(nn.Module):
             else:
                 ins = []
                 for s, g in self._inputs[n]:
-                    keep = live[:, index[s]] if g is None else live[:, index[s]] * mask[:, g]
+                    keep = live[:, index(s)] if g is None else live[:, index(s)] * mask[:, g]
                     ins.append(outs[s] * keep.view(b, *([1] * (outs[s].dim() - 1))))
                 h = self._combine(n, ins)
                 if n == self.graph.output:  # disconnected examples predict from zeros, as the live mode
