@@ -284,27 +284,37 @@ def network_entry(method: str, net: bsnet.SuperNetwork, mask: torch.Tensor, runs
             "runs": runs, **summarise(runs), **extra}
 
 
+def train_recipe(module: torch.nn.Module, data: DataSplits, proto: Protocol, seed: int, kind: str = "full") -> dict:
+    """The common recipe from a fresh initialisation (`kind="selection"`: shortened to the selection epochs)."""
+    cfg = TrainConfig(epochs=proto.selection_epochs if kind == "selection" else proto.epochs,
+                      batch_size=proto.batch_size, lr=proto.lr, seed=seed)
+    return train_and_test(module, data, cfg, reset=True, monitor_val=proto.monitor_val, kind=kind)
+
+
+def budgeted_search(depth: int, proto: Protocol, data: DataSplits, config: SearchConfig,
+                    epochs: int) -> tuple[bsnet.SuperNetwork, float, BudgetedSearch]:
+    """The fabric (seeded as every part's), the FLOPs budget of ResNet-`depth`, and a search under it, not run."""
+    torch.manual_seed(proto.seeds[0])
+    net = bsnet.create_supernet("resnet_fabric")
+    limit = float(bsnet.FlopsCost()(net, resnet_mask(net, depth)))
+    steps = num_batches(data.train, proto.batch_size, drop_last=True)
+    return net, limit, BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], config, steps_per_epoch=steps,
+                                      epochs=epochs)
+
+
 def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
              target: Protocol = FULL) -> dict:
     """One budget under `proto`; the duration of the same part under `target` is estimated from its timings."""
     t_part, c_part = time.perf_counter(), time.process_time()
 
     def train(module: torch.nn.Module, seed: int, kind: str = "full") -> dict:
-        cfg = TrainConfig(epochs=proto.selection_epochs if kind == "selection" else proto.epochs,
-                          batch_size=proto.batch_size, lr=proto.lr, seed=seed)
-        return train_and_test(module, data, cfg, reset=True, monitor_val=proto.monitor_val, kind=kind)
+        return train_recipe(module, data, proto, seed, kind)
 
-    torch.manual_seed(proto.seeds[0])
-    net = bsnet.create_supernet("resnet_fabric")
-    limit = float(bsnet.FlopsCost()(net, resnet_mask(net, depth)))
+    # bsnet: search, then retrain the found architecture from scratch with the recipe.
+    net, limit, search = budgeted_search(depth, proto, data, SearchConfig(seed=proto.seeds[0]), proto.search_epochs)
     full = float(bsnet.FlopsCost()(net, net.full_mask()))
     emit("budget_flops", f"{limit:.0f}")
     emit("budget_fraction_of_fabric", f"{limit / full:.3f}")
-
-    # bsnet: search, then retrain the found architecture from scratch with the recipe.
-    steps = num_batches(data.train, proto.batch_size, drop_last=True)
-    search = BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], SearchConfig(seed=proto.seeds[0]),
-                            steps_per_epoch=steps, epochs=proto.search_epochs)
     s = run_search(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
     entries = {"bsnet": network_entry(

@@ -24,12 +24,10 @@ import time
 import torch
 
 import bsnet
-from bsnet.budgets import Budget
 from bsnet.cli import _key_values, _typed
-from bsnet.data import batches, num_batches
-from bsnet.fabrics.resnet_fabric import resnet_mask
+from bsnet.data import batches
 from bsnet.search import BudgetedSearch, SearchConfig, recalibrate_bn
-from bsnet.train import TrainConfig, accuracy
+from bsnet.train import accuracy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cifar10 as bench  # noqa: E402  (the benchmark's protocol, data and training)
@@ -79,40 +77,26 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     data = bench.protocol_data(bench.cifar_folder(None), proto.n_train, proto.n_val, proto.n_test, proto.data_seed)
-    torch.manual_seed(proto.seeds[0])  # as the benchmark's part: the same super network initialisation
-    net = bsnet.create_supernet("resnet_fabric")
-    limit = float(bsnet.FlopsCost()(net, resnet_mask(net, depth)))
     cfg = _typed(SearchConfig, {"seed": proto.seeds[0], **settings}, "search")
-    search = BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], cfg,
-                            steps_per_epoch=num_batches(data.train, proto.batch_size, drop_last=True),
-                            epochs=epochs)
+    net, limit, search = bench.budgeted_search(depth, proto, data, cfg, epochs)  # as the benchmark's part
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
     chosen, selection = found.mask, None
-    if args.select > 1 and args.rank == "shared":  # on the search weights, BN statistics recomputed per candidate
+    if args.select > 1:
         candidates = likely_architectures(search, found.mask, args.select)
-        selection = []
-        for m in candidates:
-            export = bsnet.export_module(net, m)
-            recalibrate_bn(export, export, batches(data.train, proto.batch_size), "cpu")
-            selection.append({"val_acc": accuracy(export, batches(data.val, 256))})
+        if args.rank == "shared":  # on the search weights, BatchNorm statistics recomputed for each candidate
+            selection = []
+            for m in candidates:
+                export = bsnet.export_module(net, m)
+                recalibrate_bn(export, export, batches(data.train, proto.batch_size), "cpu")
+                selection.append({"val_acc": accuracy(export, batches(data.val, 256))})
+        else:  # as the random baseline: each trained briefly alone
+            selection = [bench.train_recipe(bsnet.export_module(net, m), data, proto, proto.seeds[0], "selection")
+                         for m in candidates]
         best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
         chosen = candidates[best]
         emit("selection", " ".join(f"{r['val_acc']:.4f}" for r in selection) + f" chosen={best}")
-    elif args.select > 1:  # as the random baseline: candidates trained briefly alone, the best on validation kept
-        candidates = likely_architectures(search, found.mask, args.select)
-        short = TrainConfig(epochs=proto.selection_epochs, batch_size=proto.batch_size, lr=proto.lr,
-                            seed=proto.seeds[0])
-        selection = [bench.train_and_test(bsnet.export_module(net, m), data, short, reset=True,
-                                          monitor_val=proto.monitor_val, kind="selection") for m in candidates]
-        best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
-        chosen = candidates[best]
-        emit("selection", " ".join(f"{r['val_acc']:.4f}" for r in selection) + f" chosen={best}")
-    runs = []
-    for seed in proto.seeds:
-        tc = TrainConfig(epochs=proto.epochs, batch_size=proto.batch_size, lr=proto.lr, seed=seed)
-        runs.append(bench.train_and_test(bsnet.export_module(net, chosen), data, tc, reset=True,
-                                         monitor_val=proto.monitor_val))
+    runs = [bench.train_recipe(bsnet.export_module(net, chosen), data, proto, seed) for seed in proto.seeds]
     entry = bench.network_entry("bsnet", net, chosen, runs, projected=found.projected, selection=selection)
     emit("kept", " ".join(entry["kept"]))
     emit("flops", f"{entry['flops']:.0f}")
