@@ -52,6 +52,10 @@ Run (from the repository root), one budget at a time, then the table:
     .venv/bin/python benchmarks/cifar10.py --budget-index 2      # ResNet-20 FLOPs
     .venv/bin/python benchmarks/cifar10.py --table
 
+`--keep-baselines` reruns a part's bsnet search and training only (after a change to the search) and keeps the
+ResNet and random rows of that part's earlier result: they are seeded on their own and use nothing of the search.
+The part's JSON then records the run that trained them under `baselines_from`.
+
 `--quick` runs a smoke test (512 training, 200 validation, 500 test images, 1 epoch, same widths: ~1 min) into
 `benchmarks/results/cifar10-quick/`: its accuracies are meaningless, it proves the pipeline and measures the
 throughput the full-run estimate is made from.
@@ -302,9 +306,33 @@ def budgeted_search(depth: int, proto: Protocol, data: DataSplits, config: Searc
                                       epochs=epochs)
 
 
+def train_baselines(depth: int, limit: float, proto: Protocol, train: Callable[..., dict]) -> dict:
+    """The `resnet` and `random` entries of one part: every training seeded, nothing shared with the search."""
+    # resnet: the plain ResNet-d sub-graph, re-initialised.
+    fresh = bsnet.create_supernet("resnet_fabric")
+    mask = resnet_mask(fresh, depth)
+    entries = {"resnet": network_entry("resnet", fresh, mask,
+                                       [train(bsnet.export_module(fresh, mask), seed) for seed in proto.seeds])}
+
+    # random: candidates trained for `selection_epochs` with the first seed; the best on validation is then
+    # trained with the full recipe and every seed, like the others.
+    gen = torch.Generator().manual_seed(1000 + depth)
+    candidates = draw_random(fresh, limit, proto.random_candidates, proto.random_low, gen)
+    selection = [train(bsnet.export_module(fresh, m), proto.seeds[0], "selection") for m in candidates]
+    best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
+    entries["random"] = network_entry(
+        "random", fresh, candidates[best], [train(bsnet.export_module(fresh, candidates[best]), seed)
+                                            for seed in proto.seeds], chosen=best,
+        candidates=[{"kept": [g for g, m in zip(fresh.gate_names, c.tolist()) if m > 0.5],
+                     "flops": float(bsnet.FlopsCost()(fresh, c)), "selection": r}
+                    for c, r in zip(candidates, selection)])
+    return entries
+
+
 def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
-             target: Protocol = FULL) -> dict:
-    """One budget under `proto`; the duration of the same part under `target` is estimated from its timings."""
+             target: Protocol = FULL, baselines: dict | None = None) -> dict:
+    """One budget under `proto`; the duration of the same part under `target` is estimated from its timings.
+    `baselines`: the `resnet` and `random` entries of an earlier run of this part, kept instead of trained again."""
     t_part, c_part = time.perf_counter(), time.process_time()
 
     def train(module: torch.nn.Module, seed: int, kind: str = "full") -> dict:
@@ -322,24 +350,10 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
         projected=found.projected, repaired=found.repaired, dropped=found.dropped,
         gate_probs=dict(zip(net.gate_names, search.gates.probs().tolist())))}
 
-    # resnet: the plain ResNet-d sub-graph, re-initialised.
-    fresh = bsnet.create_supernet("resnet_fabric")
-    mask = resnet_mask(fresh, depth)
-    entries["resnet"] = network_entry("resnet", fresh, mask,
-                                      [train(bsnet.export_module(fresh, mask), seed) for seed in proto.seeds])
-
-    # random: candidates trained for `selection_epochs` with the first seed; the best on validation is then
-    # trained with the full recipe and every seed, like the others.
-    gen = torch.Generator().manual_seed(1000 + depth)
-    candidates = draw_random(fresh, limit, proto.random_candidates, proto.random_low, gen)
-    selection = [train(bsnet.export_module(fresh, m), proto.seeds[0], "selection") for m in candidates]
-    best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
-    entries["random"] = network_entry(
-        "random", fresh, candidates[best], [train(bsnet.export_module(fresh, candidates[best]), seed)
-                                            for seed in proto.seeds], chosen=best,
-        candidates=[{"kept": [g for g, m in zip(fresh.gate_names, c.tolist()) if m > 0.5],
-                     "flops": float(bsnet.FlopsCost()(fresh, c)), "selection": r}
-                    for c, r in zip(candidates, selection)])
+    if baselines is not None:  # they depend on neither the search nor its settings: seeded on their own
+        entries.update(baselines)
+    else:
+        entries.update(train_baselines(depth, limit, proto, train))
 
     for name, e in entries.items():
         emit(f"{name}.flops", f"{e['flops']:.0f}")
@@ -381,7 +395,7 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
     emit("estimate_idle_min", f"{idle_estimate(estimate, cpu_per_wall) / 60:.1f}")
     return {"depth": depth, "budget_flops": limit, "fabric_flops": full, "networks": entries, "verdicts": verdicts,
             "search": {"epochs": proto.search_epochs, "seconds": s["seconds"], "images": s["images"],
-                       "history": s["history"]},
+                       "config": dataclasses.asdict(search.config), "history": s["history"]},
             "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "part_s": part_s, "estimate_full_part_s": estimate}
 
@@ -411,8 +425,7 @@ def table(results_dir: Path) -> int:
              f"{pr['lr']} cosine, seeds {', '.join(map(str, pr['seeds']))}; search {pr['search_epochs']} epochs; "
              f"random: best on validation of {pr['random_candidates']} candidates trained {pr['selection_epochs']} "
              "epochs. A difference within the larger seed range is a tie.",
-             "Parts (wall time, torch threads): " + ", ".join(
-                 f"ResNet-{p['depth']} {p['part_s'] / 60:.0f} min at {p['machine']['threads']}" for p in parts)
+             "Parts (wall time, torch threads): " + ", ".join(part_time(p) for p in parts)
              + "; machine: " + ", ".join(sorted({f"{p['machine']['cpus']} cpus" for p in parts}))]
     if quick:
         notes.insert(0, "**SMOKE RUN (--quick): these figures are not results.**")
@@ -422,6 +435,14 @@ def table(results_dir: Path) -> int:
     pareto(parts, results_dir / "pareto.png", quick)
     print(f"written: {results_dir / 'table.md'}, {results_dir / 'pareto.png'}")
     return 0
+
+
+def part_time(p: dict) -> str:
+    first = p.get("baselines_from") or p
+    text = f"ResNet-{p['depth']} {first['part_s'] / 60:.0f} min at {first['machine']['threads']}"
+    if "baselines_from" in p:
+        text += f" (bsnet rerun alone: {p['part_s'] / 60:.0f} min at {p['machine']['threads']})"
+    return text
 
 
 def pareto(parts: list[dict], path: Path, quick: bool) -> None:
@@ -459,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="default benchmarks/results/cifar10 (cifar10-quick with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--keep-baselines", action="store_true",
+                        help="search and retrain bsnet only; keep the ResNet and random rows of this part's earlier "
+                        "result (they do not depend on the search)")
     parser.add_argument("--epochs", type=int, default=FULL.epochs, help="training epochs of every network")
     parser.add_argument("--search-epochs", type=int, default=FULL.search_epochs)
     parser.add_argument("--selection-epochs", type=int, default=FULL.selection_epochs,
@@ -475,6 +499,16 @@ def main(argv: list[str] | None = None) -> int:
                                selection_epochs=args.selection_epochs)
     proto = QUICK if args.quick else full
     depth = DEPTHS[args.budget_index]
+    earlier = None
+    if args.keep_baselines:
+        path = results_dir / f"resnet{depth}.json"
+        if not path.is_file():
+            print(f"error: --keep-baselines needs an earlier run of this part: {path} is missing", file=sys.stderr)
+            return 2
+        earlier = json.loads(path.read_text())
+        if earlier["protocol"] != json.loads(json.dumps(dataclasses.asdict(proto))):
+            print(f"error: --keep-baselines: {path} was run under another protocol", file=sys.stderr)
+            return 2
     print(machine_line(budget=f"resnet{depth}", quick=args.quick), flush=True)
     t0 = time.perf_counter()
     folder = cifar_folder(args.data_dir)
@@ -485,9 +519,13 @@ def main(argv: list[str] | None = None) -> int:
     def emit(key: str, value: object) -> None:
         print(f"cifar10.resnet{depth}.{key}={value}", flush=True)
 
-    result = run_part(depth, proto, data, emit, target=full)
+    baselines = None if earlier is None else {m: earlier["networks"][m] for m in METHODS if m != "bsnet"}
+    result = run_part(depth, proto, data, emit, target=full, baselines=baselines)
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(),
                   bsnet_version=bsnet.__version__)
+    if earlier is not None:  # the run that trained the baselines (the first one, through successive reruns)
+        result["baselines_from"] = earlier.get("baselines_from") or {
+            k: earlier[k] for k in ("part_s", "machine", "bsnet_version")}
     save_result(results_dir / f"resnet{depth}.json", result, args.quick)
     return 0
 

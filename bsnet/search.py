@@ -59,6 +59,10 @@ class SearchConfig:
     lambda_lr: float = 0.01  # per step: at 0.05, λ wound up far past the budget on CIFAR-10 (BENCHMARKS.md)
     fixed_lambda: float = 1e-7
     seed: int = 0
+    # Share of the scheduled search during which only the weights learn (architectures still sampled from the
+    # initial gates): on untrained weights the loss cannot rank architectures, yet Adam at gate_lr fixes the most
+    # probable one within an epoch. Applies when the search knows its length (steps_per_epoch and epochs).
+    warmup: float = 0.0
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
     def __post_init__(self) -> None:
@@ -67,7 +71,8 @@ class SearchConfig:
                   (self.lambda_mode in ("adaptive", "fixed"), "lambda_mode must be 'adaptive' or 'fixed'"),
                   (self.groups >= 1, "groups must be >= 1"),
                   (self.lr > 0 and self.gate_lr > 0, "learning rates must be > 0"),
-                  (0 < self.init_prob < 1, "init_prob must lie in (0, 1)")]
+                  (0 < self.init_prob < 1, "init_prob must lie in (0, 1)"),
+                  (0 <= self.warmup < 1, "warmup must lie in [0, 1)")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -147,6 +152,7 @@ class BudgetedSearch:
         total = (steps_per_epoch or 0) * (epochs or 0)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total) if total > 0 else \
             torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: 1.0)
+        self.warmup_steps = int(cfg.warmup * total)
         # Data-parallel (torchrun): every rank samples the same architectures (one seed), sees its own data shard;
         # the losses of each architecture, the gradients and BatchNorm statistics are averaged over ranks, so the
         # weights, gates and λ stay identical everywhere and the estimator is that of the global batch.
@@ -222,8 +228,10 @@ class BudgetedSearch:
         (losses.mean() - (advantage.detach() * logp).mean()).backward()
         if self.world > 1:
             self._average_over_ranks([p.grad for p in self.params_with_grad()])
+        learn_gates = self.steps >= self.warmup_steps
         self.opt.step()
-        self.gate_opt.step()
+        if learn_gates:
+            self.gate_opt.step()
         self.sched.step()
         if self.world > 1:
             self._average_over_ranks([b for b in net.buffers() if b.is_floating_point()])
@@ -234,7 +242,7 @@ class BudgetedSearch:
             m = float(mean_reward)
             d = cfg.ema_decay
             self.ema_reward = m if self.ema_reward is None else d * self.ema_reward + (1 - d) * m
-        if cfg.lambda_mode == "adaptive" and self.budgets:
+        if cfg.lambda_mode == "adaptive" and self.budgets and learn_gates:
             # Clipped: a network 4x over budget must not wind λ up 3x faster than one 2x over, or λ overshoots
             # and drives the gates far below the budget before it can unwind.
             violation = (costs.mean(1) / torch.tensor(self.limits, dtype=torch.float64) - 1).clamp(-1.0, 1.0)

@@ -126,3 +126,20 @@ def test_lambda_moves_at_most_lambda_lr_per_step_and_lr_is_constant_without_a_sc
     for _ in range(4):
         cosine.step(x, y)
     assert cosine.opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_trains_the_weights_and_holds_the_gates_and_lambda(digits):
+    torch.manual_seed(0)
+    net = bsnet.create_supernet("cnf", **FABRIC)
+    x, y = next(batches(digits.train, 32))
+    search = BudgetedSearch(net, [parse_budget("10%")], SearchConfig(warmup=0.5), steps_per_epoch=2, epochs=2)
+    assert search.warmup_steps == 2
+    logits, weights = search.gates.logits.detach().clone(), [p.detach().clone() for p in net.parameters()]
+    for _ in range(2):
+        search.step(x, y)
+    assert torch.equal(search.gates.logits, logits) and search.lambdas.item() == 0.0
+    assert any(not torch.equal(p, w) for p, w in zip(net.parameters(), weights))
+    search.step(x, y)  # warm-up over: the gates and λ move
+    assert not torch.equal(search.gates.logits, logits) and search.lambdas.item() > 0.0
+    with pytest.raises(ValueError, match="warmup"):
+        SearchConfig(warmup=1.0)
