@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ import torch
 
 import bsnet
 from bsnet.cli import _key_values, _typed
-from bsnet.data import batches
+from bsnet.data import DataSplits, batches
 from bsnet.search import BudgetedSearch, SearchConfig, recalibrate_bn
 from bsnet.train import accuracy
 
@@ -49,6 +50,31 @@ def likely_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int) -> 
     return out
 
 
+def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, name: str, quick: bool,
+            emit, t0: float) -> int:
+    """Train the architecture recorded for `method` in this part's result again, under `proto`'s seeds: is a gap
+    between two rows the architectures' or the seeds'?"""
+    path = bench.RESULTS / ("cifar10-quick" if quick else "cifar10") / f"resnet{depth}.json"
+    if not path.is_file():
+        print(f"error: --retrain needs this part's result: {path} is missing", file=sys.stderr)
+        return 2
+    kept = set(json.loads(path.read_text())["networks"][method]["kept"])
+    net = bsnet.create_supernet("resnet_fabric")
+    mask = torch.tensor([1.0 if g in kept else 0.0 for g in net.gate_names])
+    runs = [bench.train_recipe(bsnet.export_module(net, mask), data, proto, seed) for seed in proto.seeds]
+    entry = bench.network_entry(method, net, mask, runs)
+    for r in runs:
+        emit(f"test_acc.seed{r['seed']}", f"{r['test_acc']:.4f}")
+    emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
+    emit("wall_s", f"{time.perf_counter() - t0:.0f}")
+    result = {"depth": depth, "variant": name, "retrain": method, "network": entry,
+              "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
+              "bsnet_version": bsnet.__version__}
+    folder = bench.RESULTS / ("cifar10-quick" if quick else "cifar10") / "variants"
+    bench.save_result(folder / f"resnet{depth}-{name}.json", result, quick)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-index", type=int, choices=range(len(bench.DEPTHS)), required=True)
@@ -61,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", choices=("trained", "shared"), default="trained",
                         help="how --select ranks: trained alone for the selection epochs (as the random baseline), "
                         "or on the search weights with BatchNorm statistics recomputed for each")
+    parser.add_argument("--retrain", choices=bench.METHODS, default=None,
+                        help="no search: retrain the architecture this part's result records for that network")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="training seeds (default: the benchmark's, 0 1)")
     parser.add_argument("--name", required=True, help="the variant's name in the output")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke run on the benchmark's tiny protocol")
@@ -68,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     proto, depth = (bench.QUICK if args.quick else bench.FULL), bench.DEPTHS[args.budget_index]
+    if args.seeds:
+        proto = dataclasses.replace(proto, seeds=tuple(args.seeds))
     settings = _key_values(args.search_config, "--search-config")
     epochs = args.search_epochs or proto.search_epochs
     print(bench.machine_line(budget=f"resnet{depth}", variant=args.name), flush=True)
@@ -77,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     data = bench.protocol_data(bench.cifar_folder(None), proto.n_train, proto.n_val, proto.n_test, proto.data_seed)
+    if args.retrain:
+        return retrain(args.retrain, depth, proto, data, args.name, args.quick, emit, t0)
     cfg = _typed(SearchConfig, {"seed": proto.seeds[0], **settings}, "search")
     net, limit, search = bench.budgeted_search(depth, proto, data, cfg, epochs)  # as the benchmark's part
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
