@@ -8,6 +8,11 @@ baselines are not trained again.
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --select 3 --name select3
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --select 8 --rank shared --name shared8
 
+`--retrain bsnet|resnet|random` skips the search and trains the architecture the part's result records for that
+network again; with `--seeds 2 3`, it tells whether a gap between two rows holds under other seeds:
+
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --retrain random --seeds 2 3 --name random-seeds23
+
 Prints `cifar10.variant.<name>.<figure>=<value>` lines (search epochs, found gates, flops, params,
 `test_acc.seed<s>`, `test_acc_mean`, `test_acc_spread`) and writes
 `benchmarks/results/cifar10/variants/resnet<d>-<name>.json`. About 25 minutes at 2 threads for ResNet-20's budget;
