@@ -1,12 +1,15 @@
 """Search variants on the CIFAR-10 benchmark (diagnostics, issue 5): bsnet's search at one budget of
 `benchmarks/cifar10.py` under other search settings, the found architecture retrained with the same recipe, data and
 seeds. Compare with that part's `bsnet` and `random` rows (`benchmarks/results/cifar10/resnet<d>.json`); the
-baselines are not trained again.
+baselines are not trained again. The settings apply on top of SearchConfig's defaults, the search of the parts' first
+runs (the benchmark's search now also sets `cifar10.SEARCH_INIT_PROBS`, found with the last command below).
 
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-epochs 20 --name epochs20
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-config init_prob=0.8 --name init08
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --select 3 --name select3
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --select 8 --rank shared --name shared8
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 \
+        --search-config 'init_probs={X-: 0.5, S-1_0: 0.5, S-2_0: 0.5}' --name cheap-gates-05
 
 `--retrain bsnet|resnet|random` skips the search and trains the architecture the part's result records for that
 network again; with `--seeds 2 3`, it tells whether a gap between two rows holds under other seeds:
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     emit("test_acc_spread", f"{entry['test_acc_spread']:.4f}")
     emit("wall_s", f"{time.perf_counter() - t0:.0f}")
     result = {"depth": depth, "variant": args.name, "search_epochs": epochs,
-              "search_config": dataclasses.asdict(cfg), "budget_flops": limit, "network": entry, "search": s,
+              "search_config": dataclasses.asdict(cfg),
+              "budget_flops": limit, "network": entry, "search": s,
               "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
               "bsnet_version": bsnet.__version__}
     folder = bench.RESULTS / ("cifar10-quick" if args.quick else "cifar10") / "variants"

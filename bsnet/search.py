@@ -55,6 +55,10 @@ class SearchConfig:
     weight_decay: float = 5e-4
     gate_lr: float = 0.05
     init_prob: float = 1 / (1 + math.exp(-3.0))
+    # Initial probabilities of the gates whose names start with a prefix (the longest prefix wins), e.g.
+    # {"X-": 0.5}: a gate that costs little gets little push from the budget, so it keeps its initial
+    # probability unless the loss moves it; 0.5 leaves that choice to the loss.
+    init_probs: dict[str, float] = field(default_factory=dict)
     lambda_mode: str = "adaptive"  # or "fixed"
     lambda_lr: float = 0.01  # per step: at 0.05, λ wound up far past the budget on CIFAR-10 (BENCHMARKS.md)
     fixed_lambda: float = 1e-7
@@ -72,6 +76,9 @@ class SearchConfig:
                   (self.groups >= 1, "groups must be >= 1"),
                   (self.lr > 0 and self.gate_lr > 0, "learning rates must be > 0"),
                   (0 < self.init_prob < 1, "init_prob must lie in (0, 1)"),
+                  (isinstance(self.init_probs, dict) and all(
+                      isinstance(p, (int, float)) and 0 < p < 1 for p in self.init_probs.values()),
+                   "init_probs maps gate-name prefixes to probabilities in (0, 1)"),
                   (0 <= self.warmup < 1, "warmup must lie in [0, 1)")]
         for ok, msg in checks:
             if not ok:
@@ -139,6 +146,13 @@ class BudgetedSearch:
                 raise ValueError(f"budget {b} ({limit:.4g} {b.cost.unit}) is below the cheapest connected "
                                  f"architecture ({cheapest[0]:.4g} {b.cost.unit})")
         self.gates = BernoulliGates(net.num_gates, cfg.init_prob).to(device)
+        with torch.no_grad():
+            for prefix in sorted(cfg.init_probs, key=len):  # longer prefixes last: they win
+                which = [i for i, g in enumerate(net.gate_names) if g.startswith(prefix)]
+                if not which:
+                    raise ValueError(f"init_probs: no gate name starts with {prefix!r}")
+                p = float(cfg.init_probs[prefix])
+                self.gates.logits[which] = math.log(p / (1 - p))
         self.lambdas = torch.zeros(len(self.budgets), dtype=torch.float64)
         if cfg.lambda_mode == "fixed":
             self.lambdas.fill_(cfg.fixed_lambda)

@@ -143,3 +143,16 @@ def test_warmup_trains_the_weights_and_holds_the_gates_and_lambda(digits):
     assert not torch.equal(search.gates.logits, logits) and search.lambdas.item() > 0.0
     with pytest.raises(ValueError, match="warmup"):
         SearchConfig(warmup=1.0)
+
+
+def test_init_probs_set_the_initial_probability_of_gates_by_name_prefix():
+    net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8])
+    search = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(init_probs={"X-": 0.5, "S-": 0.2, "S-1_0": 0.7}))
+    probs = dict(zip(net.gate_names, search.gates.probs().tolist()))
+    assert probs["X-1_0_0"] == pytest.approx(0.5) and probs["S-0_0"] == pytest.approx(0.2)
+    assert probs["S-1_0"] == pytest.approx(0.7)  # the longest prefix wins
+    assert probs["B-0_0"] == pytest.approx(SearchConfig().init_prob)
+    with pytest.raises(ValueError, match="no gate name starts with 'Q'"):
+        BudgetedSearch(net, [parse_budget("50%")], SearchConfig(init_probs={"Q": 0.5}))
+    with pytest.raises(ValueError, match="init_probs"):
+        SearchConfig(init_probs={"X-": 1.0})
