@@ -19,8 +19,7 @@ Per budget (one per invocation: `--budget-index 0|1|2` for the FLOPs of ResNet-8
 
 * `bsnet`: `BudgetedSearch` of the `resnet_fabric` default (16/32/64 channels, 3 blocks per stage, cross-stage
   shortcuts) under the budget `FLOPs <= FlopsCost()(net, resnet_mask(net, d))`, 10 epochs on the same 10,000
-  training images (SearchConfig defaults but for `init_probs=SEARCH_INIT_PROBS`: the cross-stage shortcut blocks and
-  the projection skips start at probability 0.5; batch 128, one search, seed 0); the found architecture
+  training images (SearchConfig defaults, batch 128, one search, seed 0); the found architecture
   (`search.found()`) is exported with `bsnet.export_module`, re-initialised and trained with the recipe.
 * `resnet`: the plain ResNet-d as a sub-graph of the fabric (`resnet_mask`), exported, re-initialised, trained.
 * `random`: 3 random connected architectures of the fabric meeting the budget (gates kept independently with a
@@ -92,10 +91,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEPTHS = (8, 14, 20)
 METHODS = ("bsnet", "resnet", "random")
 PART_LIMIT_MIN = 60
-# The search's one setting beyond SearchConfig's defaults: the fabric's cheap gates (cross-stage shortcut blocks, the
-# projection skips) start at 0.5, not 0.95. The budget barely pushes them, so at 0.95 they stayed kept whatever the
-# loss said (BENCHMARKS.md: ResNet-20-budget variants).
-SEARCH_INIT_PROBS = {"X-": 0.5, "S-1_0": 0.5, "S-2_0": 0.5}
 
 
 @dataclass
@@ -344,8 +339,7 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
         return train_recipe(module, data, proto, seed, kind)
 
     # bsnet: search, then retrain the found architecture from scratch with the recipe.
-    config = SearchConfig(seed=proto.seeds[0], init_probs=SEARCH_INIT_PROBS)
-    net, limit, search = budgeted_search(depth, proto, data, config, proto.search_epochs)
+    net, limit, search = budgeted_search(depth, proto, data, SearchConfig(seed=proto.seeds[0]), proto.search_epochs)
     full = float(bsnet.FlopsCost()(net, net.full_mask()))
     emit("budget_flops", f"{limit:.0f}")
     emit("budget_fraction_of_fabric", f"{limit / full:.3f}")

@@ -1,8 +1,7 @@
 """Search variants on the CIFAR-10 benchmark (diagnostics, issue 5): bsnet's search at one budget of
 `benchmarks/cifar10.py` under other search settings, the found architecture retrained with the same recipe, data and
 seeds. Compare with that part's `bsnet` and `random` rows (`benchmarks/results/cifar10/resnet<d>.json`); the
-baselines are not trained again. The settings apply on top of SearchConfig's defaults, the search of the parts' first
-runs (the benchmark's search now also sets `cifar10.SEARCH_INIT_PROBS`, found with the last command below).
+baselines are not trained again. The settings apply on top of SearchConfig's defaults (the parts' search).
 
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-epochs 20 --name epochs20
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --search-config init_prob=0.8 --name init08
