@@ -77,7 +77,8 @@ class SearchConfig:
                   (self.lr > 0 and self.gate_lr > 0, "learning rates must be > 0"),
                   (0 < self.init_prob < 1, "init_prob must lie in (0, 1)"),
                   (isinstance(self.init_probs, dict) and all(
-                      isinstance(p, (int, float)) and 0 < p < 1 for p in self.init_probs.values()),
+                      isinstance(k, str) and isinstance(p, (int, float)) and 0 < p < 1
+                      for k, p in self.init_probs.items()),
                    "init_probs maps gate-name prefixes to probabilities in (0, 1)"),
                   (0 <= self.warmup < 1, "warmup must lie in [0, 1)")]
         for ok, msg in checks:

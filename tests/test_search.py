@@ -156,3 +156,5 @@ def test_init_probs_set_the_initial_probability_of_gates_by_name_prefix():
         BudgetedSearch(net, [parse_budget("50%")], SearchConfig(init_probs={"Q": 0.5}))
     with pytest.raises(ValueError, match="init_probs"):
         SearchConfig(init_probs={"X-": 1.0})
+    with pytest.raises(ValueError, match="init_probs"):
+        SearchConfig(init_probs={3: 0.5})
