@@ -132,6 +132,11 @@ def save_result(out: Path, result: dict, quick: bool) -> None:
         print("NOTE: --quick is a smoke run; its accuracies are not results.")
 
 
+def results_folder(quick: bool) -> Path:
+    """Where the parts are written: `--quick` smoke runs apart from the results."""
+    return RESULTS / ("cifar10-quick" if quick else "cifar10")
+
+
 def machine_info() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
@@ -488,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selection-epochs", type=int, default=FULL.selection_epochs,
                         help="training epochs of each random candidate before the choice on validation")
     args = parser.parse_args(argv)
-    results_dir = args.results_dir or RESULTS / ("cifar10-quick" if args.quick else "cifar10")
+    results_dir = args.results_dir or results_folder(args.quick)
     if args.table:
         return table(results_dir)
     if args.budget_index is None:

@@ -32,6 +32,7 @@ import time
 import torch
 
 import bsnet
+from bsnet.architecture import kept_mask
 from bsnet.cli import _key_values, _typed
 from bsnet.data import DataSplits, batches
 from bsnet.search import BudgetedSearch, SearchConfig, recalibrate_bn
@@ -61,13 +62,12 @@ def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, na
             emit, t0: float) -> int:
     """Train the architecture recorded for `method` in this part's result again, under `proto`'s seeds: is a gap
     between two rows the architectures' or the seeds'?"""
-    path = bench.RESULTS / ("cifar10-quick" if quick else "cifar10") / f"resnet{depth}.json"
+    path = bench.results_folder(quick) / f"resnet{depth}.json"
     if not path.is_file():
         print(f"error: --retrain needs this part's result: {path} is missing", file=sys.stderr)
         return 2
-    kept = set(json.loads(path.read_text())["networks"][method]["kept"])
     net = bsnet.create_supernet("resnet_fabric")
-    mask = torch.tensor([1.0 if g in kept else 0.0 for g in net.gate_names])
+    mask = kept_mask(json.loads(path.read_text())["networks"][method]["kept"], net.gate_names)
     runs = [bench.train_recipe(bsnet.export_module(net, mask), data, proto, seed) for seed in proto.seeds]
     entry = bench.network_entry(method, net, mask, runs)
     for r in runs:
@@ -77,8 +77,7 @@ def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, na
     result = {"depth": depth, "variant": name, "retrain": method, "network": entry,
               "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
               "bsnet_version": bsnet.__version__}
-    folder = bench.RESULTS / ("cifar10-quick" if quick else "cifar10") / "variants"
-    bench.save_result(folder / f"resnet{depth}-{name}.json", result, quick)
+    bench.save_result(bench.results_folder(quick) / "variants" / f"resnet{depth}-{name}.json", result, quick)
     return 0
 
 
@@ -152,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
               "budget_flops": limit, "network": entry, "search": s,
               "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
               "bsnet_version": bsnet.__version__}
-    folder = bench.RESULTS / ("cifar10-quick" if args.quick else "cifar10") / "variants"
-    bench.save_result(folder / f"resnet{depth}-{args.name}.json", result, args.quick)
+    bench.save_result(bench.results_folder(args.quick) / "variants" / f"resnet{depth}-{args.name}.json", result,
+                      args.quick)
     return 0
 
 

@@ -11,6 +11,15 @@ import torch
 FORMAT_VERSION = 1
 
 
+def kept_mask(kept: list[str], gate_names: list[str]) -> torch.Tensor:
+    """The mask over `gate_names` (a super network's gates) that keeps exactly the gates named in `kept`."""
+    unknown = set(kept) - set(gate_names)
+    if unknown:
+        raise ValueError(f"the architecture keeps gates this super network does not have: {sorted(unknown)[:5]}")
+    names = set(kept)
+    return torch.tensor([1.0 if g in names else 0.0 for g in gate_names])
+
+
 @dataclass
 class Architecture:
     supernet: str | None
@@ -28,11 +37,7 @@ class Architecture:
 
     def mask(self, gate_names: list[str]) -> torch.Tensor:
         """The mask over `gate_names` (a super network's gates) that keeps exactly `kept`."""
-        unknown = set(self.kept) - set(gate_names)
-        if unknown:
-            raise ValueError(f"the architecture keeps gates this super network does not have: {sorted(unknown)[:5]}")
-        kept = set(self.kept)
-        return torch.tensor([1.0 if g in kept else 0.0 for g in gate_names])
+        return kept_mask(self.kept, gate_names)
 
     def supernet_network(self, supernet=None):
         """The super network this architecture lives in: rebuilt from the registry, or from `supernet` (a
