@@ -67,6 +67,13 @@ class SearchConfig:
     # initial gates): on untrained weights the loss cannot rank architectures, yet Adam at gate_lr fixes the most
     # probable one within an epoch. Applies when the search knows its length (steps_per_epoch and epochs).
     warmup: float = 0.0
+    # Grouped sampling only: score the K architectures for the gates' gradient on the same examples (one more
+    # forward, without grad, of every architecture on the batch's first m examples, m the smallest group) rather
+    # than each on its own group: unpaired, the rewards also differ by how hard each group's examples are.
+    paired: bool = False
+    # Bound on |logit| after each gate step (0: none), as ENAS bounds its controller's logits: a dropped block is
+    # still sampled (1 / (1 + e^c) of the time), so its weights keep training and the loss can bring it back.
+    logit_clip: float = 0.0
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
     def __post_init__(self) -> None:
@@ -80,7 +87,8 @@ class SearchConfig:
                       isinstance(k, str) and isinstance(p, (int, float)) and 0 < p < 1
                       for k, p in self.init_probs.items()),
                    "init_probs maps gate-name prefixes to probabilities in (0, 1)"),
-                  (0 <= self.warmup < 1, "warmup must lie in [0, 1)")]
+                  (0 <= self.warmup < 1, "warmup must lie in [0, 1)"),
+                  (self.logit_clip >= 0, "logit_clip must be >= 0 (0: no bound)")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -196,18 +204,27 @@ class BudgetedSearch:
         x, y = x.to(self.device), y.to(self.device)
         # BatchNorm updates its running statistics during the forward: keep a copy to undo a diverging step.
         buffers = [(b, b.detach().clone()) for b in net.buffers()]
+        paired = None
         if cfg.sampling == "grouped":
             k = min(cfg.groups, max(1, x.shape[0] // 2))  # at least 2 examples per group (BatchNorm)
             masks, logp = self.gates.sample(k, self.generator)
-            out = net(x, masks.to(self.device), grouped=True)
             sizes = [len(c) for c in torch.tensor_split(torch.arange(x.shape[0]), k)]
+            if cfg.paired and k > 1:
+                paired = self._paired_losses(x[:sizes[-1]], y[:sizes[-1]], masks)
+                with torch.no_grad():  # that forward must not move BatchNorm's running statistics
+                    for b, saved in buffers:
+                        b.copy_(saved)
+            out = net(x, masks.to(self.device), grouped=True)
             group_of = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)).to(self.device)
         else:
             masks, logp = self.gates.sample(x.shape[0], self.generator)
             out = net(x, masks.to(self.device))
             group_of = torch.arange(x.shape[0], device=self.device)
         losses = task_loss(out, y)
-        finite = torch.isfinite(losses).all().float().reshape(1)
+        finite = torch.isfinite(losses).all()
+        if paired is not None:
+            finite = finite & torch.isfinite(paired).all()
+        finite = finite.float().reshape(1)
         if self.world > 1:  # every rank must skip the same steps
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not bool(finite.item()):
@@ -222,8 +239,12 @@ class BudgetedSearch:
             return StepStats(float("nan"), float("nan"), [float("nan")] * len(self.budgets), 0.0, x.shape[0], True)
         self.nonfinite_in_a_row = 0
         n_arch = masks.shape[0]
-        arch_loss = torch.zeros(n_arch, device=self.device).index_add(0, group_of, losses.detach())
-        counts = torch.bincount(group_of, minlength=n_arch).to(arch_loss.dtype)
+        if paired is not None:  # [K, m]: every architecture on the same m examples
+            arch_loss = paired.sum(1)
+            counts = torch.full_like(arch_loss, paired.shape[1])
+        else:
+            arch_loss = torch.zeros(n_arch, device=self.device).index_add(0, group_of, losses.detach())
+            counts = torch.bincount(group_of, minlength=n_arch).to(arch_loss.dtype)
         if self.world > 1 and cfg.sampling == "grouped":  # the same K architectures on every rank's shard
             both = torch.stack([arch_loss, counts])
             dist.all_reduce(both)
@@ -247,6 +268,9 @@ class BudgetedSearch:
         self.opt.step()
         if learn_gates:
             self.gate_opt.step()
+            if cfg.logit_clip > 0:
+                with torch.no_grad():
+                    self.gates.logits.clamp_(-cfg.logit_clip, cfg.logit_clip)
         self.sched.step()
         if self.world > 1:
             self._average_over_ranks([b for b in net.buffers() if b.is_floating_point()])
@@ -266,6 +290,13 @@ class BudgetedSearch:
         connected = self.net.graph.connected(masks)
         return StepStats(float(losses.detach().mean()), float(correct(out.detach(), y).mean()), costs.mean(1).tolist(),
                          1.0 - float(connected.float().mean()), x.shape[0])
+
+    @torch.no_grad()
+    def _paired_losses(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """[K, m] losses of K architectures on the same m examples (training mode: batch statistics, as in a step)."""
+        k, m = masks.shape[0], x.shape[0]
+        out = self.net(x.repeat(k, *([1] * (x.dim() - 1))), masks.to(self.device), grouped=True)
+        return task_loss(out, y.repeat(k, *([1] * (y.dim() - 1)))).view(k, m)
 
     def params_with_grad(self) -> list[torch.Tensor]:
         return [p for p in list(self.net.parameters()) + list(self.gates.parameters()) if p.grad is not None]

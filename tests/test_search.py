@@ -158,3 +158,33 @@ def test_init_probs_set_the_initial_probability_of_gates_by_name_prefix():
         SearchConfig(init_probs={"X-": 1.0})
     with pytest.raises(ValueError, match="init_probs"):
         SearchConfig(init_probs={3: 0.5})
+
+
+def test_paired_scores_the_architectures_on_the_same_examples_and_changes_only_the_gates_step(digits):
+    x, y = next(batches(digits.train, 32))
+    after = {}
+    for paired in (False, True):
+        torch.manual_seed(0)
+        net = bsnet.create_supernet("cnf", **FABRIC)
+        search = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(paired=paired, init_prob=0.5))
+        search.step(x, y)
+        after[paired] = ({k: v.clone() for k, v in net.state_dict().items()}, search.gates.logits.detach().clone())
+    # The extra forward leaves the weights' step and BatchNorm's running statistics as they were ...
+    assert all(torch.equal(after[False][0][k], after[True][0][k]) for k in after[False][0])
+    # ... and changes what the gates learn.
+    assert not torch.equal(after[False][1], after[True][1])
+    masks = search.gates.sample(2, torch.Generator().manual_seed(1))[0]
+    same = search._paired_losses(x[:8], y[:8], masks[:1].repeat(3, 1))
+    assert same.shape == (3, 8) and torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])
+    two = search._paired_losses(x[:8], y[:8], masks)
+    assert not torch.equal(two[0], two[1])
+
+
+def test_logit_clip_bounds_the_gates_logits(digits):
+    free, _ = run(digits, ["10%"], epochs=1)
+    clipped, _ = run(digits, ["10%"], epochs=1, logit_clip=1.0)
+    assert free.gates.logits.abs().max() > 1.0  # the bound below is active
+    assert clipped.gates.logits.abs().max() <= 1.0
+    assert torch.isclose(clipped.gates.logits.abs(), torch.tensor(1.0)).any()
+    with pytest.raises(ValueError, match="logit_clip"):
+        SearchConfig(logit_clip=-1.0)
