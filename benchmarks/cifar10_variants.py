@@ -10,6 +10,9 @@ baselines are not trained again. The settings apply on top of SearchConfig's def
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 \
         --search-config 'init_probs={X-: 0.5, S-1_0: 0.5, S-2_0: 0.5}' --name cheap-gates-05
 
+`--search-only` stops after the search (its history and the found architecture; a few minutes), e.g. to see how
+often a setting's search ends in the same place under other search seeds (`--search-config seed=1`).
+
 `--retrain bsnet|resnet|random` skips the search and trains the architecture the part's result records for that
 network again; with `--seeds 2 3`, it tells whether a gap between two rows holds under other seeds:
 
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                         "or on the search weights with BatchNorm statistics recomputed for each")
     parser.add_argument("--retrain", choices=bench.METHODS, default=None,
                         help="no search: retrain the architecture this part's result records for that network")
+    parser.add_argument("--search-only", action="store_true",
+                        help="stop after the search: record its history and the found architecture, train nothing")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="training seeds (default: the benchmark's, 0 1)")
     parser.add_argument("--name", required=True, help="the variant's name in the output")
@@ -121,6 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     net, limit, search = bench.budgeted_search(depth, proto, data, cfg, epochs)  # as the benchmark's part
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
+    if args.search_only:
+        kept = [g for g, m in zip(net.gate_names, found.mask.tolist()) if m > 0.5]
+        flops = float(bsnet.FlopsCost()(net, found.mask))
+        emit("found", f"{' '.join(kept)} flops={flops:.0f} projected={found.projected} "
+             f"dropped={','.join(found.dropped) or '-'}")
+        result = {"depth": depth, "variant": args.name, "search_epochs": epochs, "search_only": True,
+                  "search_config": dataclasses.asdict(cfg), "budget_flops": limit,
+                  "found": {"kept": kept, "flops": flops, "projected": found.projected, "dropped": found.dropped},
+                  "search": s, "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
+                  "bsnet_version": bsnet.__version__}
+        bench.save_result(bench.results_folder(args.quick) / "variants" / f"resnet{depth}-{args.name}.json", result,
+                          args.quick)
+        return 0
     chosen, selection = found.mask, None
     if args.select > 1:
         candidates = likely_architectures(search, found.mask, args.select)
