@@ -77,6 +77,7 @@ from typing import Callable
 import torch
 
 import bsnet
+from bsnet.architecture import kept_names
 from bsnet.budgets import Budget
 from bsnet.data import DataSplits, Split, batches, load_dataset, num_batches
 from bsnet.data.base import stratified_split
@@ -288,7 +289,7 @@ def draw_random(net: bsnet.SuperNetwork, limit: float, count: int, low: float, g
 
 # ---- one budget ------------------------------------------------------------------------------------------------
 def network_entry(method: str, net: bsnet.SuperNetwork, mask: torch.Tensor, runs: list[dict], **extra) -> dict:
-    return {"method": method, "kept": [g for g, m in zip(net.gate_names, mask.tolist()) if m > 0.5],
+    return {"method": method, "kept": kept_names(mask, net.gate_names),
             "flops": float(bsnet.FlopsCost()(net, mask)), "params": float(bsnet.ParamsCost()(net, mask)),
             "runs": runs, **summarise(runs), **extra}
 
@@ -328,7 +329,7 @@ def train_baselines(depth: int, limit: float, proto: Protocol, train: Callable[.
     entries["random"] = network_entry(
         "random", fresh, candidates[best], [train(bsnet.export_module(fresh, candidates[best]), seed)
                                             for seed in proto.seeds], chosen=best,
-        candidates=[{"kept": [g for g, m in zip(fresh.gate_names, c.tolist()) if m > 0.5],
+        candidates=[{"kept": kept_names(c, fresh.gate_names),
                      "flops": float(bsnet.FlopsCost()(fresh, c)), "selection": r}
                     for c, r in zip(candidates, selection)])
     return entries

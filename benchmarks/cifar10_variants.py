@@ -35,7 +35,7 @@ import time
 import torch
 
 import bsnet
-from bsnet.architecture import kept_mask
+from bsnet.architecture import kept_mask, kept_names
 from bsnet.cli import _key_values, _typed
 from bsnet.data import DataSplits, batches
 from bsnet.search import BudgetedSearch, SearchConfig, recalibrate_bn
@@ -126,19 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     net, limit, search = bench.budgeted_search(depth, proto, data, cfg, epochs)  # as the benchmark's part
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
-    if args.search_only:
-        kept = [g for g, m in zip(net.gate_names, found.mask.tolist()) if m > 0.5]
-        flops = float(bsnet.FlopsCost()(net, found.mask))
-        emit("found", f"{' '.join(kept)} flops={flops:.0f} projected={found.projected} "
-             f"dropped={','.join(found.dropped) or '-'}")
-        result = {"depth": depth, "variant": args.name, "search_epochs": epochs, "search_only": True,
-                  "search_config": dataclasses.asdict(cfg), "budget_flops": limit,
-                  "found": {"kept": kept, "flops": flops, "projected": found.projected, "dropped": found.dropped},
-                  "search": s, "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
+
+    def save(**entries: object) -> int:
+        result = {"depth": depth, "variant": args.name, "search_epochs": epochs,
+                  "search_config": dataclasses.asdict(cfg), "budget_flops": limit, **entries, "search": s,
+                  "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
                   "bsnet_version": bsnet.__version__}
         bench.save_result(bench.results_folder(args.quick) / "variants" / f"resnet{depth}-{args.name}.json", result,
                           args.quick)
         return 0
+
+    if args.search_only:
+        kept, flops = kept_names(found.mask, net.gate_names), float(bsnet.FlopsCost()(net, found.mask))
+        emit("found", f"{' '.join(kept)} flops={flops:.0f} projected={found.projected} "
+             f"dropped={','.join(found.dropped) or '-'}")
+        return save(search_only=True, found={"kept": kept, "flops": flops, "projected": found.projected,
+                                             "dropped": found.dropped})
     chosen, selection = found.mask, None
     if args.select > 1:
         candidates = likely_architectures(search, found.mask, args.select)
@@ -164,14 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
     emit("test_acc_spread", f"{entry['test_acc_spread']:.4f}")
     emit("wall_s", f"{time.perf_counter() - t0:.0f}")
-    result = {"depth": depth, "variant": args.name, "search_epochs": epochs,
-              "search_config": dataclasses.asdict(cfg),
-              "budget_flops": limit, "network": entry, "search": s,
-              "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
-              "bsnet_version": bsnet.__version__}
-    bench.save_result(bench.results_folder(args.quick) / "variants" / f"resnet{depth}-{args.name}.json", result,
-                      args.quick)
-    return 0
+    return save(network=entry)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ def kept_mask(kept: list[str], gate_names: list[str]) -> torch.Tensor:
     return torch.tensor([1.0 if g in names else 0.0 for g in gate_names])
 
 
+def kept_names(mask: torch.Tensor, gate_names: list[str]) -> list[str]:
+    """The names of the gates a `[G]` mask keeps, in the super network's order (the inverse of `kept_mask`)."""
+    return [g for g, m in zip(gate_names, mask.tolist()) if m > 0.5]
+
+
 @dataclass
 class Architecture:
     supernet: str | None

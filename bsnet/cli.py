@@ -217,7 +217,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     import bsnet
     from bsnet import distributed, runs
-    from bsnet.architecture import Architecture
+    from bsnet.architecture import Architecture, kept_names
     from bsnet.costs import LatencyCost
     from bsnet.budgets import parse_budget
     from bsnet.data import batches, load_dataset, num_batches
@@ -401,7 +401,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                "skipped_steps": search.nonfinite_steps, **seg_scores}
     arch = Architecture(supernet=net.name, supernet_config=net.config,
                         gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
-                        kept=[g for g, m in zip(net.gate_names, mask.tolist()) if m > 0.5],
+                        kept=kept_names(mask, net.gate_names),
                         projected=found.projected, dropped=found.dropped, cost=cost,
                         budget=limit_of, full_cost=full_cost, metrics=metrics, bsnet_version=bsnet.__version__)
     from bsnet.export import export_module, save_weights

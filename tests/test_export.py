@@ -6,6 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import bsnet
 from bsnet import Architecture, FlopsCost, ParamsCost, export_module
+from bsnet.architecture import kept_mask, kept_names
 from bsnet.export import export_onnx, export_python, read_weights, save_weights
 
 
@@ -145,3 +146,12 @@ def test_python_export_keeps_layers_whose_flat_names_collide(tmp_path, check_gen
     x = torch.randn(2, 3)
     with torch.no_grad():
         check_generated_file(path, x, module(x))
+
+
+def test_kept_names_and_kept_mask_are_inverses():
+    names = ["B-0_0", "S-0_0", "X-1_0_0", "B-1_0"]
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    assert kept_names(mask, names) == ["B-0_0", "X-1_0_0"]
+    assert torch.equal(kept_mask(kept_names(mask, names), names), mask)
+    with pytest.raises(ValueError, match="does not have"):
+        kept_mask(["B-9_9"], names)
