@@ -77,9 +77,13 @@ def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, na
         emit(f"test_acc.seed{r['seed']}", f"{r['test_acc']:.4f}")
     emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
     emit("wall_s", f"{time.perf_counter() - t0:.0f}")
-    result = {"depth": depth, "variant": name, "retrain": method, "network": entry,
-              "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
-              "bsnet_version": bsnet.__version__}
+    return save_variant(depth, name, proto, quick, retrain=method, network=entry)
+
+
+def save_variant(depth: int, name: str, proto: bench.Protocol, quick: bool, **fields: object) -> int:
+    """Write a variant's record (`variants/resnet<d>-<name>.json`) with the protocol and machine it ran on."""
+    result = {"depth": depth, "variant": name, **fields, "protocol": dataclasses.asdict(proto),
+              "machine": bench.machine_info(), "bsnet_version": bsnet.__version__}
     bench.save_result(bench.results_folder(quick) / "variants" / f"resnet{depth}-{name}.json", result, quick)
     return 0
 
@@ -126,22 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     net, limit, search = bench.budgeted_search(depth, proto, data, cfg, epochs)  # as the benchmark's part
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
-
-    def save(**entries: object) -> int:
-        result = {"depth": depth, "variant": args.name, "search_epochs": epochs,
-                  "search_config": dataclasses.asdict(cfg), "budget_flops": limit, **entries, "search": s,
-                  "protocol": dataclasses.asdict(proto), "machine": bench.machine_info(),
-                  "bsnet_version": bsnet.__version__}
-        bench.save_result(bench.results_folder(args.quick) / "variants" / f"resnet{depth}-{args.name}.json", result,
-                          args.quick)
-        return 0
-
+    searched = {"search_epochs": epochs, "search_config": dataclasses.asdict(cfg), "budget_flops": limit}
     if args.search_only:
         kept, flops = kept_names(found.mask, net.gate_names), float(bsnet.FlopsCost()(net, found.mask))
         emit("found", f"{' '.join(kept)} flops={flops:.0f} projected={found.projected} "
              f"dropped={','.join(found.dropped) or '-'}")
-        return save(search_only=True, found={"kept": kept, "flops": flops, "projected": found.projected,
-                                             "dropped": found.dropped})
+        return save_variant(depth, args.name, proto, args.quick, **searched, search_only=True, search=s,
+                            found={"kept": kept, "flops": flops, "projected": found.projected,
+                                   "dropped": found.dropped})
     chosen, selection = found.mask, None
     if args.select > 1:
         candidates = likely_architectures(search, found.mask, args.select)
@@ -167,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
     emit("test_acc_spread", f"{entry['test_acc_spread']:.4f}")
     emit("wall_s", f"{time.perf_counter() - t0:.0f}")
-    return save(network=entry)
+    return save_variant(depth, args.name, proto, args.quick, **searched, network=entry, search=s)
 
 
 if __name__ == "__main__":
