@@ -74,6 +74,12 @@ class SearchConfig:
     # Bound on |logit| after each gate step (0: none), as ENAS bounds its controller's logits: a dropped block is
     # still sampled (1 / (1 + e^c) of the time), so its weights keep training and the loss can bring it back.
     logit_clip: float = 0.0
+    # Share of the scheduled search (after any warm-up) over which the penalty's budget shrinks geometrically from
+    # the full network's cost to the target. Against a far-off budget every sample is over it, the cheapest sample
+    # always wins, and a gate pair that kills whole stages is the cheapest cut of all (the small-budget trap in
+    # BENCHMARKS.md); against a budget that moves slowly, samples already under it earn nothing more by being
+    # cheaper, so the loss chooses what goes. The found architecture is always held to the target.
+    anneal: float = 0.0
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
     def __post_init__(self) -> None:
@@ -88,6 +94,8 @@ class SearchConfig:
                       for k, p in self.init_probs.items()),
                    "init_probs maps gate-name prefixes to probabilities in (0, 1)"),
                   (0 <= self.warmup < 1, "warmup must lie in [0, 1)"),
+                  (0 <= self.anneal <= 1 and self.warmup + self.anneal <= 1,
+                   "anneal must lie in [0, 1], and warmup + anneal must not exceed 1"),
                   (self.logit_clip >= 0, "logit_clip must be >= 0 (0: no bound)")]
         for ok, msg in checks:
             if not ok:
@@ -176,6 +184,7 @@ class BudgetedSearch:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total) if total > 0 else \
             torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: 1.0)
         self.warmup_steps = int(cfg.warmup * total)
+        self.anneal_steps = int(cfg.anneal * total)
         # Data-parallel (torchrun): every rank samples the same architectures (one seed), sees its own data shard;
         # the losses of each architecture, the gradients and BatchNorm statistics are averaged over ranks, so the
         # weights, gates and λ stay identical everywhere and the estimator is that of the global batch.
@@ -190,8 +199,18 @@ class BudgetedSearch:
         return torch.stack([b.cost(self.net, masks).to(torch.float64).reshape(-1) for b in self.budgets]) \
             if self.budgets else torch.zeros(0, masks.shape[0], dtype=torch.float64)
 
+    def penalty_limits(self) -> torch.Tensor:
+        """[J] the budgets the penalty and λ hold the samples to at this step: the targets, or on the annealing
+        schedule's way down to them from the full network's cost."""
+        limits = torch.tensor(self.limits, dtype=torch.float64)
+        if self.anneal_steps == 0:
+            return limits
+        t = min(1.0, max(0, self.steps - self.warmup_steps) / self.anneal_steps)
+        full = torch.tensor(self.full_costs, dtype=torch.float64)
+        return torch.minimum(full, full * (limits / full) ** t)  # a budget above the full cost holds at full
+
     def _penalty(self, costs: torch.Tensor) -> torch.Tensor:
-        limits = torch.tensor(self.limits, dtype=torch.float64).unsqueeze(1)
+        limits = self.penalty_limits().unsqueeze(1)
         if self.config.lambda_mode == "adaptive":
             excess = torch.relu(costs / limits - 1)
         else:
@@ -284,7 +303,7 @@ class BudgetedSearch:
         if cfg.lambda_mode == "adaptive" and self.budgets and learn_gates:
             # Clipped: a network 4x over budget must not wind λ up 3x faster than one 2x over, or λ overshoots
             # and drives the gates far below the budget before it can unwind.
-            violation = (costs.mean(1) / torch.tensor(self.limits, dtype=torch.float64) - 1).clamp(-1.0, 1.0)
+            violation = (costs.mean(1) / self.penalty_limits() - 1).clamp(-1.0, 1.0)
             self.lambdas = torch.clamp(self.lambdas + cfg.lambda_lr * violation, min=0.0)
         self.steps += 1
         connected = self.net.graph.connected(masks)

@@ -145,6 +145,40 @@ def test_warmup_trains_the_weights_and_holds_the_gates_and_lambda(digits):
         SearchConfig(warmup=1.0)
 
 
+def test_anneal_moves_the_penalty_budget_from_the_full_cost_to_the_target_after_the_warmup(digits):
+    torch.manual_seed(0)
+    net = bsnet.create_supernet("cnf", **FABRIC)
+    x, y = next(batches(digits.train, 32))
+    search = BudgetedSearch(net, [parse_budget("10%")], SearchConfig(warmup=0.25, anneal=0.5),
+                            steps_per_epoch=4, epochs=2)
+    full, target = search.full_costs[0], search.limits[0]
+    assert (search.warmup_steps, search.anneal_steps) == (2, 4)
+    seen = []
+    for _ in range(8):
+        seen.append(search.penalty_limits().item())
+        search.step(x, y)
+    # Held at the full cost through the warm-up, then geometric: each step cuts the same fraction.
+    assert seen[:3] == pytest.approx([full] * 3)
+    assert seen[4] == pytest.approx(full * (target / full) ** 0.5)
+    assert seen[6:] == pytest.approx([target] * 2)
+    ratios = [b / a for a, b in zip(seen[2:6], seen[3:7])]
+    assert ratios == pytest.approx([ratios[0]] * 4) and ratios[0] < 1
+    # A penalty against the annealed budget is smaller than against the target for the same costs.
+    costs = torch.tensor([[full * 0.5]], dtype=torch.float64)
+    search.steps = search.warmup_steps + 1
+    search.lambdas.fill_(1.0)
+    annealed = search._penalty(costs).item()
+    search.steps = search.warmup_steps + search.anneal_steps
+    assert annealed < search._penalty(costs).item()
+    # The found architecture is held to the target whatever the schedule.
+    assert search.found().mask.shape == (net.num_gates,) and search.within_budget(search.found().mask)
+    loose = BudgetedSearch(net, [parse_budget(f"{2 * full}")], SearchConfig(anneal=1.0), steps_per_epoch=1, epochs=4)
+    loose.steps = 2
+    assert loose.penalty_limits().item() == pytest.approx(full)  # a budget above the full cost is never raised to
+    with pytest.raises(ValueError, match="anneal"):
+        SearchConfig(warmup=0.6, anneal=0.5)
+
+
 def test_init_probs_set_the_initial_probability_of_gates_by_name_prefix():
     net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8])
     search = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(init_probs={"X-": 0.5, "S-": 0.2, "S-1_0": 0.7}))
