@@ -80,12 +80,19 @@ class SearchConfig:
     # BENCHMARKS.md); against a budget that moves slowly, samples already under it earn nothing more by being
     # cheaper, so the loss chooses what goes. The found architecture is always held to the target.
     anneal: float = 0.0
+    # What the penalty charges a sampled architecture: "live", the cost of its live sub-graph (the paper's), or
+    # "linear", the full network's cost less what each of its dropped gates saves alone. With "live", a gate whose
+    # loss prunes a whole stage is credited with all of it, so far over budget the cheapest sample is one that
+    # kills stages (the small-budget trap in BENCHMARKS.md); with "linear", each gate answers for its own cost and
+    # a skip that costs nothing is left to the loss. λ and the found architecture always use the live cost.
+    cost_credit: str = "live"
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
     def __post_init__(self) -> None:
         checks = [(self.sampling in ("grouped", "per_example"), "sampling must be 'grouped' or 'per_example'"),
                   (self.baseline in ("loo", "mean", "ema"), "baseline must be 'loo', 'mean' or 'ema'"),
                   (self.lambda_mode in ("adaptive", "fixed"), "lambda_mode must be 'adaptive' or 'fixed'"),
+                  (self.cost_credit in ("live", "linear"), "cost_credit must be 'live' or 'linear'"),
                   (self.groups >= 1, "groups must be >= 1"),
                   (self.lr > 0 and self.gate_lr > 0, "learning rates must be > 0"),
                   (0 < self.init_prob < 1, "init_prob must lie in (0, 1)"),
@@ -162,6 +169,10 @@ class BudgetedSearch:
             if cheapest is not None and cheapest[0] > limit * (1 + 1e-9):
                 raise ValueError(f"budget {b} ({limit:.4g} {b.cost.unit}) is below the cheapest connected "
                                  f"architecture ({cheapest[0]:.4g} {b.cost.unit})")
+        # [J, G] what the full network saves by losing each gate alone (cost_credit="linear").
+        alone = 1 - torch.eye(net.num_gates)
+        self.savings = torch.tensor(self.full_costs, dtype=torch.float64).unsqueeze(1) - self._costs(alone) \
+            if cfg.cost_credit == "linear" else None
         self.gates = BernoulliGates(net.num_gates, cfg.init_prob).to(device)
         with torch.no_grad():
             for prefix in sorted(cfg.init_probs, key=len):  # longer prefixes last: they win
@@ -208,6 +219,13 @@ class BudgetedSearch:
         t = min(1.0, max(0, self.steps - self.warmup_steps) / self.anneal_steps)
         full = torch.tensor(self.full_costs, dtype=torch.float64)
         return torch.minimum(full, full * (limits / full) ** t)  # a budget above the full cost holds at full
+
+    def charged_costs(self, masks: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """[J, M] the costs the penalty charges M masks whose live costs are `live` (see SearchConfig.cost_credit)."""
+        if self.savings is None:
+            return live
+        full = torch.tensor(self.full_costs, dtype=torch.float64).unsqueeze(1)
+        return full - self.savings @ (1 - masks.detach().double().cpu()).T
 
     def _penalty(self, costs: torch.Tensor) -> torch.Tensor:
         limits = self.penalty_limits().unsqueeze(1)
@@ -270,7 +288,7 @@ class BudgetedSearch:
             arch_loss, counts = both[0], both[1]
         arch_loss = arch_loss / counts.clamp(min=1)
         costs = self._costs(masks)
-        reward = -(arch_loss.double().cpu() + self._penalty(costs))
+        reward = -(arch_loss.double().cpu() + self._penalty(self.charged_costs(masks, costs)))
         if cfg.baseline == "loo" and n_arch > 1:
             baseline = (reward.sum() - reward) / (n_arch - 1)
         elif cfg.baseline == "ema" and self.ema_reward is not None:
@@ -350,10 +368,11 @@ class BudgetedSearch:
 
         * Disconnected mode: the most probable connected architecture, i.e. the mode plus the input→output path
           whose dropped gates are cheapest to switch on (cost -log-odds per gate).
-        * Over budget: gates are dropped one at a time, least probable first, skipping any whose removal
-          disconnects the network, until every budget holds. If no gate can be dropped, a
-          connected path (the most probable one, else a cost's cheapest) is grown back with the most probable gates
-          while every budget holds. Otherwise BudgetError.
+        * Over budget: gates are dropped one at a time until every budget holds, each time the drop that loses the
+          least log-probability per unit of excess cost removed, counting the gates it prunes with it and never
+          disconnecting the network; then the mode's gates that fit again are added back, most probable first.
+          If no gate can be dropped, a connected path (the most probable one, else a cost's cheapest) is grown
+          back with the most probable gates while every budget holds. Otherwise BudgetError.
         """
         graph = self.net.graph
         logits = self.gates.logits.detach().cpu()
@@ -364,20 +383,14 @@ class BudgetedSearch:
             mask = graph.prune(torch.maximum(mask, path))
             result.repaired = True
         start = mask.clone()
-        order = torch.argsort(logits).tolist()  # least probable first
         while project and not self.within_budget(mask):
-            for g in order:
-                if mask[g] == 0:
-                    continue
-                trial = mask.clone()
-                trial[g] = 0
-                trial = graph.prune(trial)
-                if graph.connected(trial):
-                    mask = trial
-                    break
-            else:
+            smaller = self._cheapest_drop(mask, logits)
+            if smaller is None:
                 mask = self._fallback_within_budget(start)
                 break
+            mask = smaller
+            if self.within_budget(mask):  # the last drop may have pruned more than the budget asked
+                mask = self._add_back(mask, start, logits)
         if not torch.equal(mask, start):
             result.projected = True
             result.dropped = [self.net.gate_names[g] for g in range(len(mask)) if start[g] > mask[g]]
@@ -398,7 +411,38 @@ class BudgetedSearch:
             raise BudgetError("no connected architecture meets every budget: " +
                               ", ".join(f"{b} ({limit:.4g} {b.cost.unit})"
                                         for b, limit in zip(self.budgets, self.limits)))
-        mask = bases[0]
+        return self._add_back(bases[0], start, logits)
+
+    @torch.no_grad()
+    def _cheapest_drop(self, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """The connected, pruned mask one kept gate smaller that loses the least log-probability per unit of excess
+        cost it removes (None if no drop removes any). Dropping a set of gates costs the sum of their logits, so a
+        gate whose removal prunes a whole branch of likely gates with it is charged for all of them: least probable
+        first alone cut a whole stage at once on CIFAR-10 (the small-budget trap in BENCHMARKS.md)."""
+        graph = self.net.graph
+        kept = torch.nonzero(mask).flatten()
+        if len(kept) == 0:
+            return None
+        trials = mask.repeat(len(kept), 1)
+        trials[torch.arange(len(kept)), kept] = 0
+        trials = graph.prune(trials)  # every single drop at once: the graph's methods take a batch of masks
+        stacked = trials[graph.connected(trials)]
+        if len(stacked) == 0:
+            return None
+        limits = torch.tensor(self.limits, dtype=torch.float64).unsqueeze(1)
+        excess = torch.relu(self._costs(torch.cat([mask.unsqueeze(0), stacked])) / limits - 1).sum(0)
+        removed = excess[0] - excess[1:]
+        lost = ((mask - stacked) * logits).sum(1).double()
+        useful = removed > 1e-12
+        if not bool(useful.any()):
+            return None
+        ratio = torch.where(useful, lost / removed.clamp(min=1e-12), torch.full_like(lost, math.inf))
+        return stacked[int(torch.argmin(ratio))]
+
+    @torch.no_grad()
+    def _add_back(self, mask: torch.Tensor, start: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """`mask` plus the gates of `start` it lacks, most probable first, each while every budget still holds."""
+        graph = self.net.graph
         for g in torch.argsort(logits, descending=True).tolist():
             if start[g] > 0 and mask[g] == 0:
                 trial = mask.clone()

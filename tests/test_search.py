@@ -57,11 +57,27 @@ def test_projection_when_stopped_early(digits):
     found = search.found()
     assert found.projected and found.dropped
     assert search.within_budget(found.mask) and net.graph.connected(found.mask)
-    # least probable first: every dropped gate is no more probable than any gate still kept
-    probs = dict(zip(net.gate_names, search.gates.probs().tolist()))
-    kept = [g for g, m in zip(net.gate_names, found.mask.tolist()) if m]
-    explicitly = [g for g in found.dropped if probs[g] <= min(probs[k] for k in kept)]
-    assert explicitly
+
+
+def test_projection_does_not_cut_a_whole_branch_when_less_likely_gates_suffice():
+    # The small-budget trap on CIFAR-10: the least probable kept gate was the last skip of the last stage whose block
+    # was off, so dropping it pruned every block before that stage's shortcut, far more than the budget asked.
+    net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8])
+    names = net.gate_names
+    logits = {g: 3.0 for g in names} | {"B-2_1": -3.0, "S-2_1": 0.2, "X-1_0_0": 1.0, "X-1_1_0": 1.0}
+    flops = bsnet.FlopsCost()
+    mode = net.graph.prune(torch.tensor([float(logits[g] > 0) for g in names]))
+    limit = 0.8 * float(flops(net, mode))
+    search = BudgetedSearch(net, [parse_budget(f"{limit}")])
+    with torch.no_grad():
+        search.gates.logits.copy_(torch.tensor([logits[g] for g in names]))
+    found = search.found()
+    assert found.projected and search.within_budget(found.mask) and net.graph.connected(found.mask)
+    assert set(found.dropped) == {"X-1_0_0", "X-1_1_0"}  # the two gates that were least sure, and enough
+    # Least probable first would have dropped S-2_1 and pruned every block of stages 1 and 2 with it.
+    alone = mode.clone()
+    alone[names.index("S-2_1")] = 0
+    assert float(flops(net, net.graph.prune(alone))) < 0.6 * float(flops(net, found.mask))
 
 
 def test_disconnected_mode_is_repaired_to_the_most_probable_connected(digits):
@@ -177,6 +193,35 @@ def test_anneal_moves_the_penalty_budget_from_the_full_cost_to_the_target_after_
     assert loose.penalty_limits().item() == pytest.approx(full)  # a budget above the full cost is never raised to
     with pytest.raises(ValueError, match="anneal"):
         SearchConfig(warmup=0.6, anneal=0.5)
+
+
+def test_linear_cost_credit_charges_each_dropped_gate_its_own_cost_and_lambda_the_live_cost(digits):
+    net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8], image_size=8, in_channels=1)
+    flops, names = bsnet.FlopsCost(), net.gate_names
+    search = BudgetedSearch(net, [parse_budget("30%")], SearchConfig(cost_credit="linear"))
+    full = search.full_costs[0]
+    for g in ("B-0_0", "S-0_0", "S-1_0"):  # a block, an identity skip (free) and a projection skip
+        alone = net.full_mask()
+        alone[names.index(g)] = 0
+        assert search.savings[0, names.index(g)].item() == pytest.approx(full - float(flops(net, alone)))
+    assert search.savings[0, names.index("S-0_0")].item() == 0.0
+    # Without B-2_1 and S-2_1 the last node is reached only by the stage-0 shortcut: stages 1 and 2 die.
+    kill = net.full_mask()
+    kill[[names.index("B-2_1"), names.index("S-2_1")]] = 0
+    masks = torch.stack([net.full_mask(), kill])
+    live = search._costs(masks)
+    charged = search.charged_costs(masks, live)
+    assert charged[0, 0].item() == pytest.approx(full) and live[0, 0].item() == pytest.approx(full)
+    assert charged[0, 1].item() == pytest.approx(full - search.savings[0, names.index("B-2_1")].item())
+    assert live[0, 1].item() < 0.5 * charged[0, 1].item()  # the live credit would reward the kill switch
+    assert torch.equal(BudgetedSearch(net, [parse_budget("30%")]).charged_costs(masks, live), live)
+    # λ follows the live cost the samples had, not the charged one.
+    x, y = next(batches(digits.train, 32))
+    stats = search.step(x, y)
+    violation = max(-1.0, min(1.0, stats.costs[0] / search.limits[0] - 1))
+    assert search.lambdas.item() == pytest.approx(max(0.0, SearchConfig().lambda_lr * violation))
+    with pytest.raises(ValueError, match="cost_credit"):
+        SearchConfig(cost_credit="own")
 
 
 def test_init_probs_set_the_initial_probability_of_gates_by_name_prefix():
