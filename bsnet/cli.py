@@ -455,7 +455,7 @@ def print_summary(arch, run_dir: Path) -> None:
               *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
     Console().print(t)
     if arch.projected:
-        print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s), least probable first: "
+        print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s): "
               + ", ".join(arch.dropped[:8]) + (" ..." if len(arch.dropped) > 8 else ""))
     print(f"run directory: {run_dir}")
 

@@ -224,6 +224,27 @@ def test_linear_cost_credit_charges_each_dropped_gate_its_own_cost_and_lambda_th
         SearchConfig(cost_credit="own")
 
 
+def test_budget_floor_penalises_samples_that_leave_the_budget_unused(digits):
+    net = bsnet.create_supernet("cnf", **FABRIC)
+    x, y = next(batches(digits.train, 32))
+    search = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(budget_floor=0.9))
+    with torch.no_grad():
+        search.gates.logits.fill_(-2.0)  # samples far below the budget
+    stats = search.step(x, y)
+    used = stats.costs[0] / search.limits[0]
+    assert used < 0.5 and search.lambdas.item() == 0.0
+    assert search.floor_lambdas.item() == pytest.approx(SearchConfig().lambda_lr * min(1.0, 0.9 - used))
+    limit = search.limits[0]
+    penalty = search._penalty(torch.tensor([[0.3 * limit, 0.95 * limit, limit]], dtype=torch.float64))
+    assert penalty[0] > 0 and penalty[1] == 0 and penalty[2] == 0  # within [floor, 1] of the budget: free
+    resumed = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(budget_floor=0.9))
+    resumed.load_state_dict(search.state_dict())
+    assert torch.equal(resumed.floor_lambdas, search.floor_lambdas)
+    assert BudgetedSearch(net, [parse_budget("50%")]).floor_lambdas.item() == 0.0  # off by default
+    with pytest.raises(ValueError, match="budget_floor"):
+        SearchConfig(budget_floor=0.9, lambda_mode="fixed")
+
+
 def test_init_probs_set_the_initial_probability_of_gates_by_name_prefix():
     net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8])
     search = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(init_probs={"X-": 0.5, "S-": 0.2, "S-1_0": 0.7}))
