@@ -240,9 +240,16 @@ def test_budget_floor_penalises_samples_that_leave_the_budget_unused(digits):
     resumed = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(budget_floor=0.9))
     resumed.load_state_dict(search.state_dict())
     assert torch.equal(resumed.floor_lambdas, search.floor_lambdas)
-    assert BudgetedSearch(net, [parse_budget("50%")]).floor_lambdas.item() == 0.0  # off by default
+    off = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(budget_floor=0.0))
+    with torch.no_grad():
+        off.gates.logits.fill_(-2.0)
+    off.step(x, y)
+    assert off.floor_lambdas.item() == 0.0
+    fixed = BudgetedSearch(net, [parse_budget("50%")], SearchConfig(lambda_mode="fixed"))  # a fixed λ has no floor
+    fixed.step(x, y)
+    assert fixed.floor_lambdas.item() == 0.0
     with pytest.raises(ValueError, match="budget_floor"):
-        SearchConfig(budget_floor=0.9, lambda_mode="fixed")
+        SearchConfig(budget_floor=1.0)
 
 
 def test_init_probs_set_the_initial_probability_of_gates_by_name_prefix():
