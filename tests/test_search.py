@@ -60,8 +60,8 @@ def test_projection_when_stopped_early(digits):
 
 
 def test_projection_does_not_cut_a_whole_branch_when_less_likely_gates_suffice():
-    # The small-budget trap on CIFAR-10: the least probable kept gate was the last skip of the last stage whose block
-    # was off, so dropping it pruned every block before that stage's shortcut, far more than the budget asked.
+    # As in one CIFAR-10 search (BENCHMARKS.md, session 6): the least probable kept gate is the last skip of a stage
+    # whose last block is off, so dropping it prunes every block before that stage's shortcut, far more than needed.
     net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8])
     names = net.gate_names
     logits = {g: 3.0 for g in names} | {"B-2_1": -3.0, "S-2_1": 0.2, "X-1_0_0": 1.0, "X-1_1_0": 1.0}
