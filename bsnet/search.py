@@ -178,10 +178,9 @@ class BudgetedSearch:
             if cheapest is not None and cheapest[0] > limit * (1 + 1e-9):
                 raise ValueError(f"budget {b} ({limit:.4g} {b.cost.unit}) is below the cheapest connected "
                                  f"architecture ({cheapest[0]:.4g} {b.cost.unit})")
-        # [J, G] what the full network saves by losing each gate alone (cost_credit="linear").
-        alone = 1 - torch.eye(net.num_gates)
-        self.savings = torch.tensor(self.full_costs, dtype=torch.float64).unsqueeze(1) - self._costs(alone) \
-            if cfg.cost_credit == "linear" else None
+        # [J, G] what the full network saves by losing each gate alone (cost_credit="linear": G more cost calls).
+        self.savings = torch.tensor(self.full_costs, dtype=torch.float64).unsqueeze(1) \
+            - self._costs(1 - torch.eye(net.num_gates)) if cfg.cost_credit == "linear" else None
         self.gates = BernoulliGates(net.num_gates, cfg.init_prob).to(device)
         with torch.no_grad():
             for prefix in sorted(cfg.init_probs, key=len):  # longer prefixes last: they win
