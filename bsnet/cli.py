@@ -380,7 +380,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                     mask=full.full_mask())
         del full
         found_net = copy.deepcopy(net)
-        recalibrate_bn(found_net, lambda x: found_net(x, mask.to(device)), recal_batches(), device)
+        recalibrate_bn(found_net, lambda x: found_net(x, mask), recal_batches(), device)
         search_acc = accuracy(found_net, batches(data.test, 256), device, mask=mask)
         search_val = accuracy(found_net, batches(data.val, 256), device, mask=mask)
         ft_acc = None

@@ -94,6 +94,11 @@ class SearchConfig:
     # and trained, so the loss alone rarely brings them back: on CIFAR-10 searches ended at 60-70% of the budget.
     # TuNAS (Bender et al. 2020) likewise penalises a cost below its target.
     budget_floor: float = 0.9
+    # Grouped sampling only: share of each batch's K architectures drawn uniformly (every gate kept with probability
+    # 1/2, redrawn until connected) instead of from the gates. They train the weights and take no part in the gates'
+    # gradient, λ or the baseline, as single-path one-shot NAS (Guo et al. 2020) trains its weights: blocks the gates
+    # dropped keep training, so the loss can still rank them when the budget asks for more cost again.
+    explore: float = 0.0
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
     def __post_init__(self) -> None:
@@ -112,6 +117,8 @@ class SearchConfig:
                   (0 <= self.anneal <= 1 and self.warmup + self.anneal <= 1,
                    "anneal must lie in [0, 1], and warmup + anneal must not exceed 1"),
                   (0 <= self.budget_floor < 1, "budget_floor must lie in [0, 1)"),
+                  (0 <= self.explore < 1, "explore must lie in [0, 1)"),
+                  (self.explore == 0 or self.sampling == "grouped", "explore needs grouped sampling"),
                   (self.logit_clip >= 0, "logit_clip must be >= 0 (0: no bound)")]
         for ok, msg in checks:
             if not ok:
@@ -181,7 +188,9 @@ class BudgetedSearch:
         # [J, G] what the full network saves by losing each gate alone (cost_credit="linear": G more cost calls).
         self.savings = torch.tensor(self.full_costs, dtype=torch.float64).unsqueeze(1) \
             - self._costs(1 - torch.eye(net.num_gates)) if cfg.cost_credit == "linear" else None
-        self.gates = BernoulliGates(net.num_gates, cfg.init_prob).to(device)
+        # The gates stay on the CPU whatever the device: a few logits, sampled with the CPU generator that makes every
+        # rank draw the same architectures (torch.bernoulli refuses a CPU generator for a CUDA tensor).
+        self.gates = BernoulliGates(net.num_gates, cfg.init_prob)
         with torch.no_grad():
             for prefix in sorted(cfg.init_probs, key=len):  # longer prefixes last: they win
                 which = [i for i, g in enumerate(net.gate_names) if g.startswith(prefix)]
@@ -254,18 +263,21 @@ class BudgetedSearch:
         paired = None
         if cfg.sampling == "grouped":
             k = min(cfg.groups, max(1, x.shape[0] // 2))  # at least 2 examples per group (BatchNorm)
-            masks, logp = self.gates.sample(k, self.generator)
+            n_explore = min(round(cfg.explore * k), k - 1)  # at least one architecture from the gates
+            masks, logp = self.gates.sample(k - n_explore, self.generator)
+            if n_explore:
+                masks = torch.cat([masks, self._uniform_connected(n_explore)])
             sizes = [len(c) for c in torch.tensor_split(torch.arange(x.shape[0]), k)]
-            if cfg.paired and k > 1:
-                paired = self._paired_losses(x[:sizes[-1]], y[:sizes[-1]], masks)
+            if cfg.paired and k - n_explore > 1:
+                paired = self._paired_losses(x[:sizes[-1]], y[:sizes[-1]], masks[:k - n_explore])
                 with torch.no_grad():  # that forward must not move BatchNorm's running statistics
                     for b, saved in buffers:
                         b.copy_(saved)
-            out = net(x, masks.to(self.device), grouped=True)
+            out = net(x, masks, grouped=True)  # masks stay on the CPU, where the forward reads them
             group_of = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)).to(self.device)
         else:
             masks, logp = self.gates.sample(x.shape[0], self.generator)
-            out = net(x, masks.to(self.device))
+            out = net(x, masks)
             group_of = torch.arange(x.shape[0], device=self.device)
         losses = task_loss(out, y)
         finite = torch.isfinite(losses).all()
@@ -285,18 +297,19 @@ class BudgetedSearch:
                 raise NonFiniteLossError(f"the loss was NaN or infinite for {self.nonfinite_in_a_row} steps in a row")
             return StepStats(float("nan"), float("nan"), [float("nan")] * len(self.budgets), 0.0, x.shape[0], True)
         self.nonfinite_in_a_row = 0
-        n_arch = masks.shape[0]
+        n_arch = logp.shape[0]  # the gates' samples; explored architectures (after them) only train the weights
         if paired is not None:  # [K, m]: every architecture on the same m examples
             arch_loss = paired.sum(1)
             counts = torch.full_like(arch_loss, paired.shape[1])
         else:
-            arch_loss = torch.zeros(n_arch, device=self.device).index_add(0, group_of, losses.detach())
-            counts = torch.bincount(group_of, minlength=n_arch).to(arch_loss.dtype)
+            arch_loss = torch.zeros(masks.shape[0], device=self.device).index_add(0, group_of, losses.detach())[:n_arch]
+            counts = torch.bincount(group_of, minlength=masks.shape[0])[:n_arch].to(arch_loss.dtype)
         if self.world > 1 and cfg.sampling == "grouped":  # the same K architectures on every rank's shard
             both = torch.stack([arch_loss, counts])
             dist.all_reduce(both)
             arch_loss, counts = both[0], both[1]
         arch_loss = arch_loss / counts.clamp(min=1)
+        masks = masks[:n_arch]
         costs = self._costs(masks)
         reward = -(arch_loss.double().cpu() + self._penalty(self.charged_costs(masks, costs)))
         if cfg.baseline == "loo" and n_arch > 1:
@@ -305,10 +318,10 @@ class BudgetedSearch:
             baseline = torch.full_like(reward, self.ema_reward)
         else:
             baseline = reward.mean().expand_as(reward)
-        advantage = (reward - baseline).float().to(logp.device)
+        advantage = (reward - baseline).float()
         self.opt.zero_grad(set_to_none=True)
         self.gate_opt.zero_grad(set_to_none=True)
-        (losses.mean() - (advantage.detach() * logp).mean()).backward()
+        (losses.mean() - (advantage.detach() * logp).mean().to(self.device)).backward()
         if self.world > 1:
             self._average_over_ranks([p.grad for p in self.params_with_grad()])
         learn_gates = self.steps >= self.warmup_steps
@@ -341,11 +354,19 @@ class BudgetedSearch:
         return StepStats(float(losses.detach().mean()), float(correct(out.detach(), y).mean()), costs.mean(1).tolist(),
                          1.0 - float(connected.float().mean()), x.shape[0])
 
+    def _uniform_connected(self, n: int, tries: int = 64) -> torch.Tensor:
+        """[n, G] connected masks, every gate kept with probability 1/2 (drawn on the search's generator, so every
+        rank draws the same); the full network stands in where `tries` draws found too few."""
+        graph = self.net.graph
+        draws = graph.prune(torch.bernoulli(torch.full((tries, self.net.num_gates), 0.5), generator=self.generator))
+        ok = draws[graph.connected(draws)][:n]
+        return torch.cat([ok, self.net.full_mask().expand(n - ok.shape[0], -1)]) if ok.shape[0] < n else ok
+
     @torch.no_grad()
     def _paired_losses(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """[K, m] losses of K architectures on the same m examples (training mode: batch statistics, as in a step)."""
         k, m = masks.shape[0], x.shape[0]
-        out = self.net(x.repeat(k, *([1] * (x.dim() - 1))), masks.to(self.device), grouped=True)
+        out = self.net(x.repeat(k, *([1] * (x.dim() - 1))), masks, grouped=True)
         return task_loss(out, y.repeat(k, *([1] * (y.dim() - 1)))).view(k, m)
 
     def params_with_grad(self) -> list[torch.Tensor]:
@@ -354,7 +375,8 @@ class BudgetedSearch:
     def _average_over_ranks(self, tensors: list[torch.Tensor]) -> None:
         if not tensors:
             return
-        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])  # one message per step
+        # One message per step, on the network's device (nccl sends CUDA tensors only; the gates' are on the CPU).
+        flat = torch.cat([t.reshape(-1).to(self.device, torch.float64) for t in tensors])
         dist.all_reduce(flat)
         flat /= self.world
         offset = 0
@@ -519,7 +541,6 @@ def finetune(net: SuperNetwork, mask: torch.Tensor, batches_fn: Callable[[int], 
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps_per_epoch * epochs))
     net.train()
-    mask = mask.to(device)
     for epoch in range(epochs):
         for x, y in batches_fn(epoch):
             opt.zero_grad(set_to_none=True)

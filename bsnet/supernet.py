@@ -63,6 +63,7 @@ class SuperNetwork(nn.Module):
         self.task = task
         # Per-node inputs, precomputed as (source name, gate index or None) for the forward loops.
         self._inputs = {n: [(e.src, e.gate) for e in self.graph.in_edges(n)] for n in self.graph.order}
+        self._plans: dict[bytes, tuple | None] = {}  # see _plan
         self.profile = self._measure()
 
     # ---- description ----------------------------------------------------------------------------
@@ -113,6 +114,9 @@ class SuperNetwork(nn.Module):
 
     # ---- running --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, grouped: bool = False) -> torch.Tensor:
+        """`mask`: [G] one architecture, [B, G] one per example (the reference's mode), or [K, G] with `grouped`
+        (K architectures on K consecutive slices of the batch). Single and grouped masks only choose which modules
+        run: they are read on the CPU (a GPU mask is copied back at every forward)."""
         if mask is None:
             mask = self.full_mask()
         if mask.shape[-1] != self.num_gates:
@@ -128,38 +132,44 @@ class SuperNetwork(nn.Module):
             return self._forward_masked(x, mask)
         raise ValueError(f"mask must be [num_gates] or [batch, num_gates], got {tuple(mask.shape)}")
 
+    def _plan(self, mask: torch.Tensor) -> tuple[tuple[str, tuple, bool], ...] | None:
+        """One architecture's live sub-graph as (node, inputs, concat?) operations in topological order, an input
+        being a source node or, for a concatenation, the per-example shape of the zeros standing in for a dropped
+        one; None when the output is unreachable. Cached by mask: training, evaluating or fine-tuning one
+        architecture, or a search whose gates have settled, runs the same masks again."""
+        kept = mask.detach().cpu() > 0.5
+        key = kept.numpy().tobytes()
+        if key in self._plans:
+            return self._plans[key]
+        live = dict(zip(self.graph.order, self.graph.live(kept).tolist()))
+        gates = kept.tolist()
+        plan = None
+        if live[self.graph.output]:
+            ops = []
+            for n in self.graph.order:
+                if not live[n] or n == self.graph.input:
+                    continue
+                concat = self.graph.node(n).combine == "concat"
+                srcs = tuple(s if live[s] and (g is None or gates[g]) else self.profile[s].out_shape
+                             for s, g in self._inputs[n] if concat or (live[s] and (g is None or gates[g])))
+                ops.append((n, srcs, concat))
+            plan = tuple(ops)
+        if len(self._plans) >= 4096:  # a long search samples many masks: bound the cache
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
     def _forward_live(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Execute only the live sub-graph of one architecture."""
-        live_t = self.graph.live(mask)
-        live = dict(zip(self.graph.order, live_t.tolist()))
-        gates = (mask > 0.5).tolist()
-        out_node = self.graph.output
-        if not live[out_node]:
+        plan = self._plan(mask)
+        if plan is None:
             return self._disconnected(x)
-        outs: dict[str, torch.Tensor] = {}
-        for n in self.graph.order:
-            if not live[n]:
-                continue
-            if n == self.graph.input:
-                h = x
-            else:
-                ins = [outs[s] for s, g in self._inputs[n] if live[s] and (g is None or gates[g])]
-                if self.graph.node(n).combine == "concat":
-                    ins = self._zero_fill(n, ins, live, gates, x)
-                h = self._combine(n, ins)
+        outs = {self.graph.input: self.blocks[self.graph.input](x)}
+        for n, srcs, concat in plan:
+            ins = [outs[s] if isinstance(s, str) else x.new_zeros(x.shape[0], *s) for s in srcs]
+            h = torch.cat(ins, dim=1) if concat else ins[0] if len(ins) == 1 else reduce(add, ins)
             outs[n] = self.blocks[n](h)
-        return outs[out_node]
-
-    def _zero_fill(self, n: str, ins: list[torch.Tensor], live: dict[str, bool], gates: list[bool],
-                   x: torch.Tensor) -> list[torch.Tensor]:
-        # A concatenation keeps its channel layout when an input is dropped: the missing part is zeros.
-        full, it = [], iter(ins)
-        for s, g in self._inputs[n]:
-            if live[s] and (g is None or gates[g]):
-                full.append(next(it))
-            else:
-                full.append(x.new_zeros(x.shape[0], *self.profile[s].out_shape))
-        return full
+        return outs[self.graph.output]
 
     def _disconnected(self, x: torch.Tensor) -> torch.Tensor:
         out = self.graph.output
@@ -170,8 +180,8 @@ class SuperNetwork(nn.Module):
         example's architecture contributes zeros there, also along ungated edges (its BatchNorm shift would leak
         otherwise), so that each example gets what the live mode computes for its architecture."""
         b = x.shape[0]
-        mask = mask.to(x.dtype)
-        live = self.graph.live(mask).to(device=x.device, dtype=x.dtype)  # [B, N]
+        live = self.graph.live(mask).to(device=x.device, dtype=x.dtype)  # [B, N], from the mask where it lies
+        mask = mask.to(device=x.device, dtype=x.dtype)
         index = self.graph.index
         connected = live[:, index(self.graph.output)]
         outs: dict[str, torch.Tensor] = {}

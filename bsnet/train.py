@@ -91,7 +91,7 @@ def _predictions(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tens
     with torch.no_grad(), _Evaluating(model):
         for x, y in data:
             x = x.to(device)
-            yield (model(x) if mask is None else model(x, mask.to(device))), y.to(device)
+            yield (model(x) if mask is None else model(x, mask)), y.to(device)
 
 
 def accuracy(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu",

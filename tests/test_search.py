@@ -161,6 +161,28 @@ def test_warmup_trains_the_weights_and_holds_the_gates_and_lambda(digits):
         SearchConfig(warmup=1.0)
 
 
+@pytest.mark.parametrize("explore", [0.0, 0.5])
+def test_explore_keeps_training_a_block_the_gates_dropped(digits, explore):
+    torch.manual_seed(0)
+    net = bsnet.create_supernet("resnet_fabric", channels=[4, 8], image_size=8, in_channels=1, blocks=2)
+    search = BudgetedSearch(net, [parse_budget("60%")], SearchConfig(explore=explore, groups=4))
+    g = net.gate_names.index("B-1_1")
+    with torch.no_grad():
+        search.gates.logits[g] = -30.0  # the gates never sample this block
+    block = [p.detach().clone() for p in net.blocks["B-1_1"].parameters()]
+    steps = 0
+    for x, y in batches(digits.train, 64, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        search.step(x, y)
+        steps += 1
+        if steps == 6:
+            break
+    trained = any(not torch.equal(p, b) for p, b in zip(net.blocks["B-1_1"].parameters(), block))
+    assert trained == (explore > 0)
+    assert search.gates.logits[g].item() == pytest.approx(-30.0, abs=1e-3)  # explored ones give the gates no gradient
+    with pytest.raises(ValueError, match="explore"):
+        SearchConfig(explore=0.5, sampling="per_example")
+
+
 def test_anneal_moves_the_penalty_budget_from_the_full_cost_to_the_target_after_the_warmup(digits):
     torch.manual_seed(0)
     net = bsnet.create_supernet("cnf", **FABRIC)

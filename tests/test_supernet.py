@@ -49,6 +49,16 @@ def test_dead_nodes_are_not_executed(small_net):
         h.remove()
 
 
+def test_the_live_sub_graph_is_planned_once_per_mask(small_net):
+    net = small_net.eval()
+    x = x_for(net, 4)
+    masks = torch.cat([random_masks(net, 3, seed=5)] * 2)  # each mask twice
+    with torch.no_grad():
+        outs = [net(x, m) for m in masks]
+    assert len(net._plans) == len({m.numpy().tobytes() for m in (masks > 0.5)})
+    assert all(torch.equal(a, b) for a, b in zip(outs[:3], outs[3:]))
+
+
 @pytest.mark.parametrize("pruned", [True, False])
 def test_masked_mode_equals_live_mode(small_net, pruned):
     net = small_net.eval()
