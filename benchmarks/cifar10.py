@@ -138,10 +138,11 @@ def results_folder(quick: bool) -> Path:
     return RESULTS / ("cifar10-quick" if quick else "cifar10")
 
 
-def machine_info() -> dict:
+def machine_info(device: str = "cpu") -> dict:
+    gpu = {"device": device, **({"gpu": torch.cuda.get_device_name(device)} if device.startswith("cuda") else {})}
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-            "loadavg_1min_end": os.getloadavg()[0]}
+            "loadavg_1min_end": os.getloadavg()[0], **gpu}
 
 
 def cifar_folder(data_dir: Path | None) -> Path:
@@ -201,7 +202,7 @@ def run_search(search: BudgetedSearch, data: DataSplits, epochs: int, batch_size
 
 
 def train_and_test(module: torch.nn.Module, data: DataSplits, cfg: TrainConfig, *, reset: bool,
-                   monitor_val: int | None = None, kind: str = "full") -> dict:
+                   monitor_val: int | None = None, kind: str = "full", device: str = "cpu") -> dict:
     """Train with the common recipe (from a fresh initialisation if `reset`), then measure validation and test
     accuracy; timings for estimates. During training only `monitor_val` validation images are evaluated after
     each epoch (the learning curve: it does not change the training); the whole validation split once at the end."""
@@ -210,15 +211,16 @@ def train_and_test(module: torch.nn.Module, data: DataSplits, cfg: TrainConfig, 
     monitor = dataclasses.replace(data, val=subset(data.val, monitor_val, 0))
     t = time.perf_counter()
     curve = []
-    for rec in train_network(module, monitor, cfg):  # progress on stderr: a part trains for up to an hour
+    # Progress on stderr: a part trains for up to an hour.
+    for rec in train_network(module, monitor, cfg, device=device):
         curve.append(rec)
         print(f"  {kind} training, seed {cfg.seed}: epoch {rec['epoch'] + 1}/{cfg.epochs} train_acc="
               f"{rec['train_acc']:.3f} val_acc({len(monitor.val)})={rec['val_acc']:.3f} "
               f"{time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t
     t = time.perf_counter()
-    val_acc = accuracy(module, batches(data.val, 256))
-    test_acc = accuracy(module, batches(data.test, 256))
+    val_acc = accuracy(module, batches(data.val, 256), device)
+    test_acc = accuracy(module, batches(data.test, 256), device)
     eval_s = time.perf_counter() - t
     eval_rate = eval_s / (len(data.val) + len(data.test))
     train_rate = max(wall - eval_rate * len(monitor.val) * cfg.epochs, 0.0) / (len(data.train) * cfg.epochs)
@@ -294,22 +296,23 @@ def network_entry(method: str, net: bsnet.SuperNetwork, mask: torch.Tensor, runs
             "runs": runs, **summarise(runs), **extra}
 
 
-def train_recipe(module: torch.nn.Module, data: DataSplits, proto: Protocol, seed: int, kind: str = "full") -> dict:
+def train_recipe(module: torch.nn.Module, data: DataSplits, proto: Protocol, seed: int, kind: str = "full",
+                 device: str = "cpu") -> dict:
     """The common recipe from a fresh initialisation (`kind="selection"`: shortened to the selection epochs)."""
     cfg = TrainConfig(epochs=proto.selection_epochs if kind == "selection" else proto.epochs,
                       batch_size=proto.batch_size, lr=proto.lr, seed=seed)
-    return train_and_test(module, data, cfg, reset=True, monitor_val=proto.monitor_val, kind=kind)
+    return train_and_test(module, data, cfg, reset=True, monitor_val=proto.monitor_val, kind=kind, device=device)
 
 
 def budgeted_search(depth: int, proto: Protocol, data: DataSplits, config: SearchConfig,
-                    epochs: int) -> tuple[bsnet.SuperNetwork, float, BudgetedSearch]:
+                    epochs: int, device: str = "cpu") -> tuple[bsnet.SuperNetwork, float, BudgetedSearch]:
     """The fabric (seeded as every part's), the FLOPs budget of ResNet-`depth`, and a search under it, not run."""
     torch.manual_seed(proto.seeds[0])
     net = bsnet.create_supernet("resnet_fabric")
     limit = float(bsnet.FlopsCost()(net, resnet_mask(net, depth)))
     steps = num_batches(data.train, proto.batch_size, drop_last=True)
     return net, limit, BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], config, steps_per_epoch=steps,
-                                      epochs=epochs)
+                                      epochs=epochs, device=device)
 
 
 def train_baselines(depth: int, limit: float, proto: Protocol, train: Callable[..., dict]) -> dict:
@@ -336,16 +339,17 @@ def train_baselines(depth: int, limit: float, proto: Protocol, train: Callable[.
 
 
 def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
-             target: Protocol = FULL, baselines: dict | None = None) -> dict:
+             target: Protocol = FULL, baselines: dict | None = None, device: str = "cpu") -> dict:
     """One budget under `proto`; the duration of the same part under `target` is estimated from its timings.
     `baselines`: the `resnet` and `random` entries of an earlier run of this part, kept instead of trained again."""
     t_part, c_part = time.perf_counter(), time.process_time()
 
     def train(module: torch.nn.Module, seed: int, kind: str = "full") -> dict:
-        return train_recipe(module, data, proto, seed, kind)
+        return train_recipe(module, data, proto, seed, kind, device)
 
     # bsnet: search, then retrain the found architecture from scratch with the recipe.
-    net, limit, search = budgeted_search(depth, proto, data, SearchConfig(seed=proto.seeds[0]), proto.search_epochs)
+    net, limit, search = budgeted_search(depth, proto, data, SearchConfig(seed=proto.seeds[0]), proto.search_epochs,
+                                         device)
     full = float(bsnet.FlopsCost()(net, net.full_mask()))
     emit("budget_flops", f"{limit:.0f}")
     emit("budget_fraction_of_fabric", f"{limit / full:.3f}")
@@ -486,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="default benchmarks/results/cifar10 (cifar10-quick with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu (the protocol's), or cuda (figures from another "
+                        "device are not the table's: the part records its device)")
     parser.add_argument("--keep-baselines", action="store_true",
                         help="search and retrain bsnet only; keep the ResNet and random rows of this part's earlier "
                         "result (they do not depend on the search)")
@@ -526,8 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar10.resnet{depth}.{key}={value}", flush=True)
 
     baselines = None if earlier is None else {m: earlier["networks"][m] for m in METHODS if m != "bsnet"}
-    result = run_part(depth, proto, data, emit, target=full, baselines=baselines)
-    result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(),
+    result = run_part(depth, proto, data, emit, target=full, baselines=baselines, device=args.device)
+    result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(args.device),
                   bsnet_version=bsnet.__version__)
     if earlier is not None:  # the run that trained the baselines (the first one, through successive reruns)
         result["baselines_from"] = earlier.get("baselines_from") or {

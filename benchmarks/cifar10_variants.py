@@ -62,7 +62,7 @@ def likely_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int) -> 
 
 
 def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, name: str, quick: bool,
-            emit, t0: float) -> int:
+            emit, t0: float, device: str) -> int:
     """Train the architecture recorded for `method` in this part's result again, under `proto`'s seeds: is a gap
     between two rows the architectures' or the seeds'?"""
     path = bench.results_folder(quick) / f"resnet{depth}.json"
@@ -71,19 +71,20 @@ def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, na
         return 2
     net = bsnet.create_supernet("resnet_fabric")
     mask = kept_mask(json.loads(path.read_text())["networks"][method]["kept"], net.gate_names)
-    runs = [bench.train_recipe(bsnet.export_module(net, mask), data, proto, seed) for seed in proto.seeds]
+    runs = [bench.train_recipe(bsnet.export_module(net, mask), data, proto, seed, device=device)
+            for seed in proto.seeds]
     entry = bench.network_entry(method, net, mask, runs)
     for r in runs:
         emit(f"test_acc.seed{r['seed']}", f"{r['test_acc']:.4f}")
     emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
     emit("wall_s", f"{time.perf_counter() - t0:.0f}")
-    return save_variant(depth, name, proto, quick, retrain=method, network=entry)
+    return save_variant(depth, name, proto, quick, device, retrain=method, network=entry)
 
 
-def save_variant(depth: int, name: str, proto: bench.Protocol, quick: bool, **fields: object) -> int:
+def save_variant(depth: int, name: str, proto: bench.Protocol, quick: bool, device: str, **fields: object) -> int:
     """Write a variant's record (`variants/resnet<d>-<name>.json`) with the protocol and machine it ran on."""
     result = {"depth": depth, "variant": name, **fields, "protocol": dataclasses.asdict(proto),
-              "machine": bench.machine_info(), "bsnet_version": bsnet.__version__}
+              "machine": bench.machine_info(device), "bsnet_version": bsnet.__version__}
     bench.save_result(bench.results_folder(quick) / "variants" / f"resnet{depth}-{name}.json", result, quick)
     return 0
 
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="training seeds (default: the benchmark's, 0 1)")
     parser.add_argument("--name", required=True, help="the variant's name in the output")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu (the benchmark's protocol) or cuda")
     parser.add_argument("--quick", action="store_true", help="smoke run on the benchmark's tiny protocol")
     args = parser.parse_args(argv)
     if args.threads:
@@ -125,17 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data = bench.protocol_data(bench.cifar_folder(None), proto.n_train, proto.n_val, proto.n_test, proto.data_seed)
     if args.retrain:
-        return retrain(args.retrain, depth, proto, data, args.name, args.quick, emit, t0)
+        return retrain(args.retrain, depth, proto, data, args.name, args.quick, emit, t0, args.device)
     cfg = _typed(SearchConfig, {"seed": proto.seeds[0], **settings}, "search")
-    net, limit, search = bench.budgeted_search(depth, proto, data, cfg, epochs)  # as the benchmark's part
+    net, limit, search = bench.budgeted_search(depth, proto, data, cfg, epochs, args.device)  # as the part
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
     searched = {"search_epochs": epochs, "search_config": dataclasses.asdict(cfg), "budget_flops": limit}
+    kept, flops = kept_names(found.mask, net.gate_names), float(bsnet.FlopsCost()(net, found.mask))
+    emit("found", f"{' '.join(kept)} flops={flops:.0f} projected={found.projected} "
+         f"dropped={','.join(found.dropped) or '-'}")
     if args.search_only:
-        kept, flops = kept_names(found.mask, net.gate_names), float(bsnet.FlopsCost()(net, found.mask))
-        emit("found", f"{' '.join(kept)} flops={flops:.0f} projected={found.projected} "
-             f"dropped={','.join(found.dropped) or '-'}")
-        return save_variant(depth, args.name, proto, args.quick, **searched, search_only=True, search=s,
+        return save_variant(depth, args.name, proto, args.quick, args.device, **searched, search_only=True, search=s,
                             found={"kept": kept, "flops": flops, "projected": found.projected,
                                    "dropped": found.dropped})
     chosen, selection = found.mask, None
@@ -145,15 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             selection = []
             for m in candidates:
                 export = bsnet.export_module(net, m)
-                recalibrate_bn(export, export, batches(data.train, proto.batch_size), "cpu")
-                selection.append({"val_acc": accuracy(export, batches(data.val, 256))})
+                recalibrate_bn(export, export, batches(data.train, proto.batch_size), args.device)
+                selection.append({"val_acc": accuracy(export, batches(data.val, 256), args.device)})
         else:  # as the random baseline: each trained briefly alone
-            selection = [bench.train_recipe(bsnet.export_module(net, m), data, proto, proto.seeds[0], "selection")
-                         for m in candidates]
+            selection = [bench.train_recipe(bsnet.export_module(net, m), data, proto, proto.seeds[0], "selection",
+                                            args.device) for m in candidates]
         best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
         chosen = candidates[best]
         emit("selection", " ".join(f"{r['val_acc']:.4f}" for r in selection) + f" chosen={best}")
-    runs = [bench.train_recipe(bsnet.export_module(net, chosen), data, proto, seed) for seed in proto.seeds]
+    runs = [bench.train_recipe(bsnet.export_module(net, chosen), data, proto, seed, device=args.device)
+            for seed in proto.seeds]
     entry = bench.network_entry("bsnet", net, chosen, runs, projected=found.projected, selection=selection)
     emit("kept", " ".join(entry["kept"]))
     emit("flops", f"{entry['flops']:.0f}")
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
     emit("test_acc_spread", f"{entry['test_acc_spread']:.4f}")
     emit("wall_s", f"{time.perf_counter() - t0:.0f}")
-    return save_variant(depth, args.name, proto, args.quick, **searched, network=entry, search=s)
+    return save_variant(depth, args.name, proto, args.quick, args.device, **searched, network=entry, search=s)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ Figures, printed as `<supernet>.<name>=<value>` lines:
 * `grouped_ratio`: one grouped step with K=4 architectures (`grouped=True`, quarter batches) ÷ the sum of the
   4 single-architecture steps on the same quarter batches; one group per mask, each of 4 consecutive
   masks (rotating). Goal <= 1.05.
+* `cuda_peak_ratio` (`--device cuda` only): peak GPU memory allocated during one training step under the mask ÷
+  under the full mask (`torch.cuda.max_memory_allocated`, the weights, gradients and optimiser state included).
 
-Run: `python benchmarks/engine.py` (both fabrics, batch 64, 5 masks, 5 repeats).
+Run: `python benchmarks/engine.py` (both fabrics, batch 64, 5 masks, 5 repeats); `--device cuda` on a GPU (the
+steps are then timed between `torch.cuda.synchronize()` calls; the goals were set for the CPU, where time follows
+FLOPs: small networks at small batches are bound by kernel launches on a GPU).
 """
 from __future__ import annotations
 
@@ -118,12 +122,23 @@ class StaticNet(nn.Module):
 # ---- timing ------------------------------------------------------------------------------------------
 def train_step(fn: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor) -> float:
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # CUDA runs asynchronously: time whole steps
+    sync()
     t0 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     loss = F.cross_entropy(fn(x), y)
     loss.backward()
     opt.step()
+    sync()
     return time.perf_counter() - t0
+
+
+def cuda_peak_bytes(step: Callable[[], float]) -> int:
+    """Peak GPU memory allocated during one call of `step` (weights, gradients and optimiser state included)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    return torch.cuda.max_memory_allocated()
 
 
 def time_steps(steps: list[Callable[[], float]], warmup: int, repeats: int) -> list[float]:
@@ -163,11 +178,15 @@ def bench(name: str, args: argparse.Namespace, emit: Callable[[str, object], Non
     x = torch.randn(args.batch_size, *net.input_shape)
     y = torch.randint(0, net.config.get("num_classes", 10), (args.batch_size,))
     masks, fracs = draw_masks(net, args.masks, gen)
+    emit("mask_flops_fractions", ",".join(f"{f:.3f}" for f in fracs))
+    emit("mask_live_nodes", ",".join(str(int(net.graph.live(m).sum())) for m in masks))
     full = net.full_mask()
     cost = bsnet.FlopsCost()
     emit("full_mflops", f"{float(cost(net, full)) / 1e6:.1f}")
-    emit("mask_flops_fractions", ",".join(f"{f:.3f}" for f in fracs))
-    emit("mask_live_nodes", ",".join(str(int(net.graph.live(m).sum())) for m in masks))
+    net, x, y = net.to(args.device), x.to(args.device), y.to(args.device)  # masks stay on the CPU, as in a search
+    if args.masks_on_device:  # what reading a GPU mask back costs (a wait for the GPU at every forward)
+        masks, full = [m.to(args.device) for m in masks], full.to(args.device)
+    cuda = x.is_cuda
     emit("nodes", net.graph.num_nodes)
 
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
@@ -182,7 +201,8 @@ def bench(name: str, args: argparse.Namespace, emit: Callable[[str, object], Non
 
     # Per mask, the four steps compared run interleaved round by round (live, static, full, reference), so a
     # slow spell of the machine hits all of them rather than skewing one side of a ratio.
-    overhead, scaling, memory, reference = [], [], [], []
+    overhead, scaling, memory, reference, peak = [], [], [], [], []
+    peak_full = cuda_peak_bytes(live_step(full)) if cuda else 0
     t_lives, t_statics, t_fulls, t_refs = [], [], [], []
     for m in masks:
         static = StaticNet(net, m)
@@ -192,6 +212,8 @@ def bench(name: str, args: argparse.Namespace, emit: Callable[[str, object], Non
             [live_step(m), lambda: train_step(static, opt_static, x, y), live_step(full), live_step(ref_masks)],
             args.warmup, args.repeats)
         mem = saved_bytes(lambda v: net(v, m), x, y, params)
+        if cuda:
+            peak.append(cuda_peak_bytes(live_step(m)) / peak_full)
         t_lives.append(t_live)
         t_statics.append(t_static)
         t_fulls.append(t_full)
@@ -223,6 +245,9 @@ def bench(name: str, args: argparse.Namespace, emit: Callable[[str, object], Non
                "reference_ratio": med(reference), "grouped_ratio": med(grouped)}
     per_mask = {"overhead_ratio": overhead, "flops_scaling_ratio": scaling, "memory_ratio": memory,
                 "reference_ratio": reference, "grouped_ratio": grouped}
+    if cuda:
+        emit("cuda_full_peak_mib", f"{peak_full / 2**20:.1f}")
+        results["cuda_peak_ratio"], per_mask["cuda_peak_ratio"] = med(peak), peak
     for key, value in results.items():
         emit(key, f"{value:.3f}")
         emit(key + ".per_mask", ",".join(f"{v:.3f}" for v in per_mask[key]))
@@ -264,12 +289,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda")
+    parser.add_argument("--masks-on-device", action="store_true",
+                        help="pass the masks on --device rather than on the CPU (the search's way)")
     args = parser.parse_args(argv)
     if args.masks < 4:
         parser.error("--masks must be at least 4 (grouped_ratio groups 4 architectures)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda, but no GPU is visible")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch={torch.__version__} threads={torch.get_num_threads()} python={platform.python_version()} "
+    gpu = f" gpu={torch.cuda.get_device_name(args.device)!r}" if args.device.startswith("cuda") else ""
+    print(f"device={args.device}{gpu} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"python={platform.python_version()} "
           f"batch_size={args.batch_size} masks={args.masks} repeats={args.repeats} "
           f"warmup={args.warmup} seed={args.seed}", flush=True)
     t0 = time.perf_counter()
