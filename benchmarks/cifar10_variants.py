@@ -17,6 +17,7 @@ often a setting's search ends in the same place under other search seeds (`--sea
 network again; with `--seeds 2 3`, it tells whether a gap between two rows holds under other seeds:
 
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --retrain random --seeds 2 3 --name random-seeds23
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --retrain bsnet --drop X-2_2_0 --name no-x220
 
 Prints `cifar10.variant.<name>.<figure>=<value>` lines (search epochs, found gates, flops, params,
 `test_acc.seed<s>`, `test_acc_mean`, `test_acc_spread`) and writes
@@ -62,15 +63,27 @@ def likely_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int) -> 
 
 
 def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, name: str, quick: bool,
-            emit, t0: float, device: str) -> int:
+            emit, t0: float, device: str, drop: list[str], add: list[str]) -> int:
     """Train the architecture recorded for `method` in this part's result again, under `proto`'s seeds: is a gap
-    between two rows the architectures' or the seeds'?"""
+    between two rows the architectures' or the seeds'? `drop`, `add`: gates to take out of or put into it first,
+    to see what one gate does to a found architecture."""
     path = bench.results_folder(quick) / f"resnet{depth}.json"
     if not path.is_file():
         print(f"error: --retrain needs this part's result: {path} is missing", file=sys.stderr)
         return 2
     net = bsnet.create_supernet("resnet_fabric")
-    mask = kept_mask(json.loads(path.read_text())["networks"][method]["kept"], net.gate_names)
+    kept = json.loads(path.read_text())["networks"][method]["kept"]
+    unknown = [g for g in drop + add if g not in net.gate_names]
+    if unknown:
+        print(f"error: no gate {unknown[0]!r} in the fabric (gates: {' '.join(net.gate_names)})", file=sys.stderr)
+        return 2
+    kept = [g for g in kept if g not in drop] + [g for g in add if g not in kept]
+    mask = net.graph.prune(kept_mask(kept, net.gate_names))
+    if not bool(net.graph.connected(mask)):
+        print("error: the edited architecture is disconnected", file=sys.stderr)
+        return 2
+    emit("kept", " ".join(kept_names(mask, net.gate_names)))
+    emit("flops", f"{float(bsnet.FlopsCost()(net, mask)):.0f}")
     runs = [bench.train_recipe(bsnet.export_module(net, mask), data, proto, seed, device=device)
             for seed in proto.seeds]
     entry = bench.network_entry(method, net, mask, runs)
@@ -78,7 +91,7 @@ def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, na
         emit(f"test_acc.seed{r['seed']}", f"{r['test_acc']:.4f}")
     emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
     emit("wall_s", f"{time.perf_counter() - t0:.0f}")
-    return save_variant(depth, name, proto, quick, device, retrain=method, network=entry)
+    return save_variant(depth, name, proto, quick, device, retrain=method, drop=drop, add=add, network=entry)
 
 
 def save_variant(depth: int, name: str, proto: bench.Protocol, quick: bool, device: str, **fields: object) -> int:
@@ -103,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         "or on the search weights with BatchNorm statistics recomputed for each")
     parser.add_argument("--retrain", choices=bench.METHODS, default=None,
                         help="no search: retrain the architecture this part's result records for that network")
+    parser.add_argument("--drop", nargs="+", default=[], metavar="GATE", help="with --retrain: gates to drop first")
+    parser.add_argument("--add", nargs="+", default=[], metavar="GATE", help="with --retrain: gates to add first")
     parser.add_argument("--search-only", action="store_true",
                         help="stop after the search: record its history and the found architecture, train nothing")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -112,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (the benchmark's protocol) or cuda")
     parser.add_argument("--quick", action="store_true", help="smoke run on the benchmark's tiny protocol")
     args = parser.parse_args(argv)
+    if (args.drop or args.add) and not args.retrain:
+        parser.error("--drop and --add need --retrain")
     if args.threads:
         torch.set_num_threads(args.threads)
     proto, depth = (bench.QUICK if args.quick else bench.FULL), bench.DEPTHS[args.budget_index]
@@ -127,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data = bench.protocol_data(bench.cifar_folder(None), proto.n_train, proto.n_val, proto.n_test, proto.data_seed)
     if args.retrain:
-        return retrain(args.retrain, depth, proto, data, args.name, args.quick, emit, t0, args.device)
+        return retrain(args.retrain, depth, proto, data, args.name, args.quick, emit, t0, args.device, args.drop,
+                       args.add)
     cfg = _typed(SearchConfig, {"seed": proto.seeds[0], **settings}, "search")
     net, limit, search = bench.budgeted_search(depth, proto, data, cfg, epochs, args.device)  # as the part
     s = bench.run_search(search, data, epochs, proto.batch_size, proto.seeds[0], emit)
