@@ -320,22 +320,27 @@ def train_baselines(depth: int, limit: float, proto: Protocol, train: Callable[.
     # resnet: the plain ResNet-d sub-graph, re-initialised.
     fresh = bsnet.create_supernet("resnet_fabric")
     mask = resnet_mask(fresh, depth)
-    entries = {"resnet": network_entry("resnet", fresh, mask,
-                                       [train(bsnet.export_module(fresh, mask), seed) for seed in proto.seeds])}
+    return {"resnet": network_entry("resnet", fresh, mask,
+                                    [train(bsnet.export_module(fresh, mask), seed) for seed in proto.seeds]),
+            "random": random_entry(depth, limit, proto, train)}
 
-    # random: candidates trained for `selection_epochs` with the first seed; the best on validation is then
-    # trained with the full recipe and every seed, like the others.
-    gen = torch.Generator().manual_seed(1000 + depth)
+
+def random_entry(depth: int, limit: float, proto: Protocol, train: Callable[..., dict],
+                 draw_seed: int | None = None) -> dict:
+    """The `random` entry: candidates (drawn with `draw_seed`, the part's own 1000 + depth by default) trained for
+    `selection_epochs` with the first seed; the best on validation is then trained with the full recipe and every
+    seed, like the others."""
+    fresh = bsnet.create_supernet("resnet_fabric")
+    gen = torch.Generator().manual_seed(1000 + depth if draw_seed is None else draw_seed)
     candidates = draw_random(fresh, limit, proto.random_candidates, proto.random_low, gen)
     selection = [train(bsnet.export_module(fresh, m), proto.seeds[0], "selection") for m in candidates]
     best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
-    entries["random"] = network_entry(
+    return network_entry(
         "random", fresh, candidates[best], [train(bsnet.export_module(fresh, candidates[best]), seed)
                                             for seed in proto.seeds], chosen=best,
         candidates=[{"kept": kept_names(c, fresh.gate_names),
                      "flops": float(bsnet.FlopsCost()(fresh, c)), "selection": r}
                     for c, r in zip(candidates, selection)])
-    return entries
 
 
 def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],

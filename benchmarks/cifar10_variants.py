@@ -39,6 +39,7 @@ import bsnet
 from bsnet.architecture import kept_mask, kept_names
 from bsnet.cli import _key_values, _typed
 from bsnet.data import DataSplits, batches
+from bsnet.fabrics.resnet_fabric import resnet_mask
 from bsnet.search import BudgetedSearch, SearchConfig, recalibrate_bn
 from bsnet.train import accuracy
 
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                         "or on the search weights with BatchNorm statistics recomputed for each")
     parser.add_argument("--retrain", choices=bench.METHODS, default=None,
                         help="no search: retrain the architecture this part's result records for that network")
+    parser.add_argument("--random-draw", type=int, default=None, metavar="SEED",
+                        help="no search: the random baseline again, its candidates drawn with another seed (the "
+                        "part's is 1000 + depth): how much of its row is the luck of its draw?")
     parser.add_argument("--drop", nargs="+", default=[], metavar="GATE", help="with --retrain: gates to drop first")
     parser.add_argument("--add", nargs="+", default=[], metavar="GATE", help="with --retrain: gates to add first")
     parser.add_argument("--search-only", action="store_true",
@@ -143,6 +147,18 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     data = bench.protocol_data(bench.cifar_folder(None), proto.n_train, proto.n_val, proto.n_test, proto.data_seed)
+    if args.random_draw is not None:
+        fabric = bsnet.create_supernet("resnet_fabric")
+        limit = float(bsnet.FlopsCost()(fabric, resnet_mask(fabric, depth)))
+        entry = bench.random_entry(depth, limit, proto, lambda m, seed, kind="full": bench.train_recipe(
+            m, data, proto, seed, kind, args.device), draw_seed=args.random_draw)
+        emit("kept", " ".join(entry["kept"]))
+        emit("selection", " ".join(f"{c['selection']['val_acc']:.4f}" for c in entry["candidates"])
+             + f" chosen={entry['chosen']}")
+        emit("test_acc_mean", f"{entry['test_acc_mean']:.4f}")
+        emit("test_acc_spread", f"{entry['test_acc_spread']:.4f}")
+        return save_variant(depth, args.name, proto, args.quick, args.device, random_draw=args.random_draw,
+                            network=entry)
     if args.retrain:
         return retrain(args.retrain, depth, proto, data, args.name, args.quick, emit, t0, args.device, args.drop,
                        args.add)
