@@ -150,9 +150,13 @@ class SuperNetwork(nn.Module):
                 if not live[n] or n == self.graph.input:
                     continue
                 concat = self.graph.node(n).combine == "concat"
-                srcs = tuple(s if live[s] and (g is None or gates[g]) else self.profile[s].out_shape
-                             for s, g in self._inputs[n] if concat or (live[s] and (g is None or gates[g])))
-                ops.append((n, srcs, concat))
+                srcs = []
+                for s, g in self._inputs[n]:
+                    if live[s] and (g is None or gates[g]):
+                        srcs.append(s)
+                    elif concat:  # a concatenation keeps its channel layout: a dropped input becomes zeros
+                        srcs.append(self.profile[s].out_shape)
+                ops.append((n, tuple(srcs), concat))
             plan = tuple(ops)
         if len(self._plans) >= 4096:  # a long search samples many masks: bound the cache
             self._plans.clear()

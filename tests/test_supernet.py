@@ -1,8 +1,10 @@
 """SuperNetwork.forward in its three modes, over every registered super network."""
 import pytest
 import torch
+from torch import nn
 
-from bsnet import BernoulliGates, FlopsCost, ParamsCost, create_supernet
+from bsnet import BernoulliGates, FlopsCost, ParamsCost, SuperNetwork, create_supernet
+from bsnet.graph import Graph
 from tests.conftest import SMALL, diamond
 
 
@@ -110,6 +112,26 @@ def test_disconnected_masks_give_the_constant_prediction_and_zero_cost(small_net
         assert torch.allclose(y, zero_pred.expand_as(y))
         assert torch.allclose(net(x, empty.expand(3, -1)), y, atol=1e-6)  # the reference mode agrees
     assert FlopsCost()(net, empty) == 0
+
+
+def test_a_concatenation_keeps_its_layout_when_an_input_is_dropped():
+    g = Graph(input="in", output="out")
+    for n in ("in", "a", "b"):
+        g.add_node(n)
+    g.add_node("cat", combine="concat")
+    g.add_node("out")
+    for src, dst, gate in (("in", "a", None), ("in", "b", None), ("a", "cat", "a"), ("b", "cat", "b"),
+                           ("cat", "out", None)):
+        g.add_edge(src, dst, gate=gate)
+    torch.manual_seed(0)
+    net = SuperNetwork(g, {"in": nn.Identity(), "a": nn.Linear(4, 3), "b": nn.Linear(4, 2), "cat": nn.Identity(),
+                           "out": nn.Linear(5, 2)}, (4,))
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        for mask in (torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])):
+            want = net.blocks["out"](torch.cat([net.blocks["a"](x) * mask[0], net.blocks["b"](x) * mask[1]], 1))
+            assert torch.allclose(net(x, mask), want, atol=1e-6)
+            assert torch.allclose(net(x, mask.expand(3, -1)), want, atol=1e-6)  # the reference mode agrees
 
 
 def test_custom_supernetwork_in_a_few_lines():
