@@ -19,6 +19,12 @@ network again; with `--seeds 2 3`, it tells whether a gap between two rows holds
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --retrain random --seeds 2 3 --name random-seeds23
     .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --retrain bsnet --drop X-2_2_0 --name no-x220
 
+`--random-draw SEED` trains the random baseline again from another draw of its candidates (how much of its row is
+luck); `--select K --temperature T` draws the selection's candidates from the gates at temperature T:
+
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --random-draw 1 --name random-draw1
+    .venv/bin/python benchmarks/cifar10_variants.py --budget-index 2 --select 3 --temperature 3 --name select3-t3
+
 Prints `cifar10.variant.<name>.<figure>=<value>` lines (search epochs, found gates, flops, params,
 `test_acc.seed<s>`, `test_acc_mean`, `test_acc_spread`) and writes
 `benchmarks/results/cifar10/variants/resnet<d>-<name>.json`. About 25 minutes at 2 threads for ResNet-20's budget;
@@ -154,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.drop or args.add) and not args.retrain:
         parser.error("--drop and --add need --retrain")
+    if args.temperature is not None and (args.select < 2 or args.temperature <= 0):
+        parser.error("--temperature needs --select K with K > 1, and must be > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     proto, depth = (bench.QUICK if args.quick else bench.FULL), bench.DEPTHS[args.budget_index]
