@@ -52,6 +52,10 @@ Run (from the repository root), one budget at a time, then the table:
     .venv/bin/python benchmarks/cifar10.py --budget-index 2      # ResNet-20 FLOPs
     .venv/bin/python benchmarks/cifar10.py --table
 
+`--select K` (K > 1; default 1, the table's method so far) gives bsnet the random baseline's selection: the found
+architecture and K - 1 samples of its gates at `--temperature` (default 3), each trained for the selection epochs,
+the best on validation retrained with the recipe; the part records the candidates under `networks.bsnet`.
+
 `--keep-baselines` reruns a part's bsnet search and training only (after a change to the search) and keeps the
 ResNet and random rows of that part's earlier result: they are seeded on their own and use nothing of the search.
 The part's JSON then records the run that trained them under `baselines_from`.
@@ -343,10 +347,31 @@ def random_entry(depth: int, limit: float, proto: Protocol, train: Callable[...,
                     for c, r in zip(candidates, selection)])
 
 
+def tempered_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int, temperature: float,
+                           low: float = 0.8, draws: int = 5000) -> list[torch.Tensor]:
+    """The found architecture, then distinct samples of the gates with their logits divided by `temperature`
+    (flatter: farther from the mode than one gate), pruned, connected and within [low x budget, budget], in the
+    order drawn: `k` at most."""
+    graph, gen = search.net.graph, torch.Generator().manual_seed(search.config.seed)
+    probs = torch.sigmoid(search.gates.logits.detach().cpu() / temperature)
+    out = [mode]
+    for m in graph.prune(torch.bernoulli(probs.expand(draws, -1), generator=gen)):
+        if len(out) == k:
+            break
+        costs = search._costs(m.unsqueeze(0))[:, 0]
+        if (bool(graph.connected(m)) and all(low * lim <= float(c) <= lim for c, lim in zip(costs, search.limits))
+                and not any(torch.equal(m, o) for o in out)):
+            out.append(m)
+    return out
+
+
 def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
-             target: Protocol = FULL, baselines: dict | None = None, device: str = "cpu") -> dict:
+             target: Protocol = FULL, baselines: dict | None = None, device: str = "cpu", select: int = 1,
+             temperature: float = 3.0) -> dict:
     """One budget under `proto`; the duration of the same part under `target` is estimated from its timings.
-    `baselines`: the `resnet` and `random` entries of an earlier run of this part, kept instead of trained again."""
+    `baselines`: the `resnet` and `random` entries of an earlier run of this part, kept instead of trained again.
+    `select` > 1: bsnet picks among the found architecture and `select` - 1 samples of its gates at `temperature`,
+    each trained for the selection epochs, the best on validation (the random baseline's own selection)."""
     t_part, c_part = time.perf_counter(), time.process_time()
 
     def train(module: torch.nn.Module, seed: int, kind: str = "full") -> dict:
@@ -360,10 +385,20 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
     emit("budget_fraction_of_fabric", f"{limit / full:.3f}")
     s = run_search(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
+    chosen, selection = found.mask, {}
+    if select > 1:
+        candidates = tempered_architectures(search, found.mask, select, temperature)
+        runs = [train(bsnet.export_module(net, m), proto.seeds[0], "selection") for m in candidates]
+        best = max(range(len(candidates)), key=lambda i: runs[i]["val_acc"])
+        chosen = candidates[best]
+        emit("bsnet.selection", " ".join(f"{r['val_acc']:.4f}" for r in runs) + f" chosen={best}")
+        selection = {"temperature": temperature, "chosen": best, "candidates": [
+            {"kept": kept_names(m, net.gate_names), "flops": float(bsnet.FlopsCost()(net, m)), "selection": r}
+            for m, r in zip(candidates, runs)]}
     entries = {"bsnet": network_entry(
-        "bsnet", net, found.mask, [train(bsnet.export_module(net, found.mask), seed) for seed in proto.seeds],
+        "bsnet", net, chosen, [train(bsnet.export_module(net, chosen), seed) for seed in proto.seeds],
         projected=found.projected, repaired=found.repaired, dropped=found.dropped,
-        gate_probs=dict(zip(net.gate_names, search.gates.probs().tolist())))}
+        gate_probs=dict(zip(net.gate_names, search.gates.probs().tolist())), **selection)}
 
     if baselines is not None:  # they depend on neither the search nor its settings: seeded on their own
         entries.update(baselines)
@@ -497,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (the protocol's), or cuda (figures from another "
                         "device are not the table's: the part records its device)")
+    parser.add_argument("--select", type=int, default=1, metavar="K",
+                        help="K > 1: bsnet picks among the found architecture and K - 1 samples of its gates at "
+                        "--temperature, each trained for the selection epochs, the best on validation (as random)")
+    parser.add_argument("--temperature", type=float, default=3.0, help="of --select's samples (default 3)")
     parser.add_argument("--keep-baselines", action="store_true",
                         help="search and retrain bsnet only; keep the ResNet and random rows of this part's earlier "
                         "result (they do not depend on the search)")
@@ -537,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar10.resnet{depth}.{key}={value}", flush=True)
 
     baselines = None if earlier is None else {m: earlier["networks"][m] for m in METHODS if m != "bsnet"}
-    result = run_part(depth, proto, data, emit, target=full, baselines=baselines, device=args.device)
+    result = run_part(depth, proto, data, emit, target=full, baselines=baselines, device=args.device,
+                      select=args.select, temperature=args.temperature)
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(args.device),
                   bsnet_version=bsnet.__version__)
     if earlier is not None:  # the run that trained the baselines (the first one, through successive reruns)

@@ -69,24 +69,6 @@ def likely_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int) -> 
     return out
 
 
-def tempered_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int, temperature: float,
-                           low: float = 0.8, draws: int = 5000) -> list[torch.Tensor]:
-    """The found architecture, then distinct samples of the gates with their logits divided by `temperature`
-    (flatter: farther from the mode than one gate), pruned, connected and within [low x budget, budget], in the
-    order drawn: `k` at most."""
-    graph, gen = search.net.graph, torch.Generator().manual_seed(search.config.seed)
-    probs = torch.sigmoid(search.gates.logits.detach().cpu() / temperature)
-    out = [mode]
-    for m in graph.prune(torch.bernoulli(probs.expand(draws, -1), generator=gen)):
-        if len(out) == k:
-            break
-        costs = search._costs(m.unsqueeze(0))[:, 0]
-        if (bool(graph.connected(m)) and all(low * lim <= float(c) <= lim for c, lim in zip(costs, search.limits))
-                and not any(torch.equal(m, o) for o in out)):
-            out.append(m)
-    return out
-
-
 def retrain(method: str, depth: int, proto: bench.Protocol, data: DataSplits, name: str, quick: bool,
             emit, t0: float, device: str, drop: list[str], add: list[str]) -> int:
     """Train the architecture recorded for `method` in this part's result again, under `proto`'s seeds: is a gap
@@ -206,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen, selection = found.mask, None
     if args.select > 1:
         candidates = likely_architectures(search, found.mask, args.select) if args.temperature is None else \
-            tempered_architectures(search, found.mask, args.select, args.temperature)
+            bench.tempered_architectures(search, found.mask, args.select, args.temperature)
         emit("candidates", " | ".join(" ".join(kept_names(m, net.gate_names)) for m in candidates))
         if args.rank == "shared":  # on the search weights, BatchNorm statistics recomputed for each candidate
             selection = []
