@@ -337,14 +337,24 @@ def random_entry(depth: int, limit: float, proto: Protocol, train: Callable[...,
     fresh = bsnet.create_supernet("resnet_fabric")
     gen = torch.Generator().manual_seed(1000 + depth if draw_seed is None else draw_seed)
     candidates = draw_random(fresh, limit, proto.random_candidates, proto.random_low, gen)
-    selection = [train(bsnet.export_module(fresh, m), proto.seeds[0], "selection") for m in candidates]
-    best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
+    best, selection = select_on_validation(fresh, candidates, train, proto.seeds[0])
     return network_entry(
         "random", fresh, candidates[best], [train(bsnet.export_module(fresh, candidates[best]), seed)
                                             for seed in proto.seeds], chosen=best,
-        candidates=[{"kept": kept_names(c, fresh.gate_names),
-                     "flops": float(bsnet.FlopsCost()(fresh, c)), "selection": r}
-                    for c, r in zip(candidates, selection)])
+        candidates=candidate_records(fresh, candidates, selection))
+
+
+def select_on_validation(net: bsnet.SuperNetwork, candidates: list[torch.Tensor], train: Callable[..., dict],
+                         seed: int) -> tuple[int, list[dict]]:
+    """Each candidate trained alone for the selection epochs with `seed`: the index of the best on validation, and
+    the runs (the random baseline's choice, and bsnet's with `--select`)."""
+    runs = [train(bsnet.export_module(net, m), seed, "selection") for m in candidates]
+    return max(range(len(candidates)), key=lambda i: runs[i]["val_acc"]), runs
+
+
+def candidate_records(net: bsnet.SuperNetwork, candidates: list[torch.Tensor], runs: list[dict]) -> list[dict]:
+    return [{"kept": kept_names(m, net.gate_names), "flops": float(bsnet.FlopsCost()(net, m)), "selection": r}
+            for m, r in zip(candidates, runs)]
 
 
 def tempered_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int, temperature: float,
@@ -354,13 +364,15 @@ def tempered_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int, t
     order drawn: `k` at most."""
     graph, gen = search.net.graph, torch.Generator().manual_seed(search.config.seed)
     probs = torch.sigmoid(search.gates.logits.detach().cpu() / temperature)
+    masks = graph.prune(torch.bernoulli(probs.expand(draws, -1), generator=gen))
+    limits = torch.tensor(search.limits, dtype=torch.float64).unsqueeze(1)
+    costs = search._costs(masks)  # [J, draws], one batched call
+    ok = graph.connected(masks) & ((costs >= low * limits) & (costs <= limits)).all(0)
     out = [mode]
-    for m in graph.prune(torch.bernoulli(probs.expand(draws, -1), generator=gen)):
+    for m in masks[ok]:
         if len(out) == k:
             break
-        costs = search._costs(m.unsqueeze(0))[:, 0]
-        if (bool(graph.connected(m)) and all(low * lim <= float(c) <= lim for c, lim in zip(costs, search.limits))
-                and not any(torch.equal(m, o) for o in out)):
+        if not any(torch.equal(m, o) for o in out):
             out.append(m)
     return out
 
@@ -388,13 +400,11 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
     chosen, selection = found.mask, {}
     if select > 1:
         candidates = tempered_architectures(search, found.mask, select, temperature)
-        runs = [train(bsnet.export_module(net, m), proto.seeds[0], "selection") for m in candidates]
-        best = max(range(len(candidates)), key=lambda i: runs[i]["val_acc"])
+        best, runs = select_on_validation(net, candidates, train, proto.seeds[0])
         chosen = candidates[best]
         emit("bsnet.selection", " ".join(f"{r['val_acc']:.4f}" for r in runs) + f" chosen={best}")
-        selection = {"temperature": temperature, "chosen": best, "candidates": [
-            {"kept": kept_names(m, net.gate_names), "flops": float(bsnet.FlopsCost()(net, m)), "selection": r}
-            for m, r in zip(candidates, runs)]}
+        selection = {"temperature": temperature, "chosen": best,
+                     "candidates": candidate_records(net, candidates, runs)}
     entries = {"bsnet": network_entry(
         "bsnet", net, chosen, [train(bsnet.export_module(net, chosen), seed) for seed in proto.seeds],
         projected=found.projected, repaired=found.repaired, dropped=found.dropped,

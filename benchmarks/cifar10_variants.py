@@ -158,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     data = bench.protocol_data(bench.cifar_folder(None), proto.n_train, proto.n_val, proto.n_test, proto.data_seed)
+    def train(module: torch.nn.Module, seed: int, kind: str = "full") -> dict:
+        return bench.train_recipe(module, data, proto, seed, kind, args.device)
+
     if args.random_draw is not None:
         fabric = bsnet.create_supernet("resnet_fabric")
         limit = float(bsnet.FlopsCost()(fabric, resnet_mask(fabric, depth)))
-        entry = bench.random_entry(depth, limit, proto, lambda m, seed, kind="full": bench.train_recipe(
-            m, data, proto, seed, kind, args.device), draw_seed=args.random_draw)
+        entry = bench.random_entry(depth, limit, proto, train, draw_seed=args.random_draw)
         emit("kept", " ".join(entry["kept"]))
         emit("selection", " ".join(f"{c['selection']['val_acc']:.4f}" for c in entry["candidates"])
              + f" chosen={entry['chosen']}")
@@ -196,14 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                 export = bsnet.export_module(net, m)
                 recalibrate_bn(export, export, batches(data.train, proto.batch_size), args.device)
                 selection.append({"val_acc": accuracy(export, batches(data.val, 256), args.device)})
+            best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
         else:  # as the random baseline: each trained briefly alone
-            selection = [bench.train_recipe(bsnet.export_module(net, m), data, proto, proto.seeds[0], "selection",
-                                            args.device) for m in candidates]
-        best = max(range(len(candidates)), key=lambda i: selection[i]["val_acc"])
+            best, selection = bench.select_on_validation(net, candidates, train, proto.seeds[0])
         chosen = candidates[best]
         emit("selection", " ".join(f"{r['val_acc']:.4f}" for r in selection) + f" chosen={best}")
-    runs = [bench.train_recipe(bsnet.export_module(net, chosen), data, proto, seed, device=args.device)
-            for seed in proto.seeds]
+    runs = [train(bsnet.export_module(net, chosen), seed) for seed in proto.seeds]
     entry = bench.network_entry("bsnet", net, chosen, runs, projected=found.projected, selection=selection)
     emit("kept", " ".join(entry["kept"]))
     emit("flops", f"{entry['flops']:.0f}")
