@@ -19,8 +19,11 @@ Per budget (one per invocation: `--budget-index 0|1|2` for the FLOPs of ResNet-8
 
 * `bsnet`: `BudgetedSearch` of the `resnet_fabric` default (16/32/64 channels, 3 blocks per stage, cross-stage
   shortcuts) under the budget `FLOPs <= FlopsCost()(net, resnet_mask(net, d))`, 10 epochs on the same 10,000
-  training images (SearchConfig defaults, batch 128, one search, seed 0); the found architecture
-  (`search.found()`) is exported with `bsnet.export_module`, re-initialised and trained with the recipe.
+  training images (SearchConfig defaults, batch 128, one search, seed 0). Then the random baseline's own
+  selection: the found architecture (`search.found()`) and 2 samples of the learnt gates at temperature 3 (logits
+  divided by 3, pruned, connected, within [0.8, 1] x budget) are each trained for the selection epochs (seed 0);
+  the best on the whole validation split is exported with `bsnet.export_module`, re-initialised and trained with
+  the recipe and both seeds.
 * `resnet`: the plain ResNet-d as a sub-graph of the fabric (`resnet_mask`), exported, re-initialised, trained.
 * `random`: 3 random connected architectures of the fabric meeting the budget (gates kept independently with a
   probability steered on the fly, `net.graph.prune`d; disconnected and over-budget ones are rejected, and so
@@ -42,8 +45,9 @@ Figures, printed as `cifar10.resnet<d>.<name>=<value>` lines: `budget_flops`, pe
 `test_acc.seed<s>`, `test_acc_mean`, `test_acc_spread`, the verdicts `bsnet_vs_resnet` and `bsnet_vs_random`,
 `part_s`, `cpu_per_wall` (process CPU seconds per wall second: about the thread count on an idle machine; lower:
 other work slowed this run), `estimate_full_part_min` (a full part's duration extrapolated from this run's
-measured throughput, so as slow as the machine was during this run) and `estimate_idle_min` (the same on an
-idle machine: x cpu_per_wall / threads; exact for 1 thread, a lower bound for more).
+measured throughput, so as slow as the machine was during this run), `estimate_idle_min` (the same on an
+idle machine: each training x its own run's cpu_per_wall / threads, the search x the part's; exact for 1 thread,
+a lower bound for more) and `estimate_fits_60min` (the latter within an hour).
 
 Run (from the repository root), one budget at a time, then the table:
 
@@ -52,9 +56,9 @@ Run (from the repository root), one budget at a time, then the table:
     .venv/bin/python benchmarks/cifar10.py --budget-index 2      # ResNet-20 FLOPs
     .venv/bin/python benchmarks/cifar10.py --table
 
-`--select K` (K > 1; default 1, the table's method so far) gives bsnet the random baseline's selection: the found
-architecture and K - 1 samples of its gates at `--temperature` (default 3), each trained for the selection epochs,
-the best on validation retrained with the recipe; the part records the candidates under `networks.bsnet`.
+`--select K` (default 3) sets the number of bsnet's candidates (the found architecture and K - 1 samples of its
+gates at `--temperature`, default 3; the part records them under `networks.bsnet.candidates`); `--select 1`
+retrains the found architecture alone (the table's method until session 8, see BENCHMARKS.md).
 
 `--keep-baselines` reruns a part's bsnet search and training only (after a change to the search) and keeps the
 ResNet and random rows of that part's earlier result: they are seeded on their own and use nothing of the search.
@@ -213,7 +217,8 @@ def train_and_test(module: torch.nn.Module, data: DataSplits, cfg: TrainConfig, 
     if reset:
         reset_parameters(module, cfg.seed)
     monitor = dataclasses.replace(data, val=subset(data.val, monitor_val, 0))
-    t = time.perf_counter()
+    t = t_run = time.perf_counter()
+    c_run = time.process_time()
     curve = []
     # Progress on stderr: a part trains for up to an hour.
     for rec in train_network(module, monitor, cfg, device=device):
@@ -231,7 +236,10 @@ def train_and_test(module: torch.nn.Module, data: DataSplits, cfg: TrainConfig, 
     return {"seed": cfg.seed, "kind": kind, "epochs": cfg.epochs, "test_acc": test_acc, "val_acc": val_acc,
             "train_acc": curve[-1]["train_acc"], "train_loss": curve[-1]["train_loss"],
             "monitor_val_curve": [r["val_acc"] for r in curve], "wall_s": wall, "eval_s": eval_s,
-            "train_s_per_image": train_rate, "eval_s_per_image": eval_rate}
+            "train_s_per_image": train_rate, "eval_s_per_image": eval_rate,
+            # what share of its threads this run had: kept baselines are re-estimated with their own run's
+            "cpu_per_wall": (time.process_time() - c_run) / (time.perf_counter() - t_run),
+            "threads": torch.get_num_threads()}
 
 
 def run_estimate(run: dict, proto: Protocol, n_train: int, n_val: int, n_test: int,
@@ -243,10 +251,11 @@ def run_estimate(run: dict, proto: Protocol, n_train: int, n_val: int, n_test: i
     return rate * n_train * epochs + run["eval_s_per_image"] * (monitor * epochs + n_val + n_test)
 
 
-def idle_estimate(seconds: float, cpu_per_wall: float) -> float:
+def idle_estimate(seconds: float, cpu_per_wall: float, threads: int | None = None) -> float:
     """`seconds` measured on a busy machine, projected to an idle one: the process's CPU time spread over its
-    threads as if they ran perfectly in parallel (exact for 1 thread, a lower bound for more)."""
-    return seconds * min(cpu_per_wall / torch.get_num_threads(), 1.0)
+    `threads` (default: this process's) as if they ran perfectly in parallel (exact for 1 thread, a lower bound for
+    more)."""
+    return seconds * min(cpu_per_wall / (threads or torch.get_num_threads()), 1.0)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -428,21 +437,25 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
     for k, v in verdicts.items():
         emit(k, v)
 
-    # What a full part would take at this run's throughput: every training and the search, scaled to the full
-    # protocol's image counts and epochs. The search is costed at this run's rate (an upper bound when this run
-    # is short: its gates are still near the full fabric) and bsnet's trainings at the larger of their own and
-    # ResNet's rate (a converged search finds an architecture near the budget).
-    f = target
-    n_train, n_val, n_test = f.n_train, f.n_val, f.n_test or 10_000
-    resnet_rate = max(r["train_s_per_image"] for r in entries["resnet"]["runs"])
-    estimate = s["seconds"] / max(s["images"], 1) * (n_train // f.batch_size * f.batch_size) * f.search_epochs
-    for name, e in entries.items():
-        runs = e["runs"] + [c["selection"] for c in e.get("candidates", [])]
-        for r in runs:
-            rate = max(r["train_s_per_image"], resnet_rate) if name == "bsnet" else None
-            estimate += run_estimate(r, f, n_train, n_val, n_test, rate)
     part_s = time.perf_counter() - t_part
     cpu_per_wall = (time.process_time() - c_part) / part_s
+    # What a full part would take at the measured throughputs: every training and the search, scaled to the full
+    # protocol's image counts and epochs. In a short run (`proto` is not `target`) the search is costed at its
+    # rate (an upper bound: its gates are still near the full fabric) and bsnet's trainings at the larger of their
+    # own and ResNet's rate (a converged search finds an architecture near the budget). Each piece is projected to
+    # an idle machine with the CPU share of the run that measured it (kept baselines: the earlier run's).
+    f, threads = target, torch.get_num_threads()
+    n_train, n_val, n_test = f.n_train, f.n_val, f.n_test or 10_000
+    resnet_rate = max(r["train_s_per_image"] for r in entries["resnet"]["runs"])
+    pieces = [(s["seconds"] / max(s["images"], 1) * (n_train // f.batch_size * f.batch_size) * f.search_epochs,
+               cpu_per_wall, threads)]
+    for name, e in entries.items():
+        for r in e["runs"] + [c["selection"] for c in e.get("candidates", [])]:
+            rate = max(r["train_s_per_image"], resnet_rate) if name == "bsnet" and proto != target else None
+            pieces.append((run_estimate(r, f, n_train, n_val, n_test, rate), r.get("cpu_per_wall", cpu_per_wall),
+                           r.get("threads", threads)))
+    estimate = sum(p[0] for p in pieces)
+    idle = sum(idle_estimate(sec, cpu, n) for sec, cpu, n in pieces)
     emit("part_s", f"{part_s:.1f}")
     emit("cpu_per_wall", f"{cpu_per_wall:.2f}")
     emit("search_ms_per_image", f"{1e3 * s['seconds'] / max(s['images'], 1):.3f}")
@@ -451,13 +464,14 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
     emit("estimate_full_part_min", f"{estimate / 60:.1f}")
     emit("estimate_for", f"train:{n_train} val:{n_val} test:{n_test} epochs:{f.epochs} "
          f"search_epochs:{f.search_epochs} selection_epochs:{f.selection_epochs} threads:{torch.get_num_threads()}")
-    emit("estimate_fits_60min", "yes" if estimate / 60 <= PART_LIMIT_MIN else "no")
-    emit("estimate_idle_min", f"{idle_estimate(estimate, cpu_per_wall) / 60:.1f}")
+    emit("estimate_idle_min", f"{idle / 60:.1f}")
+    emit("estimate_fits_60min", "yes" if idle / 60 <= PART_LIMIT_MIN else "no")
     return {"depth": depth, "budget_flops": limit, "fabric_flops": full, "networks": entries, "verdicts": verdicts,
             "search": {"epochs": proto.search_epochs, "seconds": s["seconds"], "images": s["images"],
                        "config": dataclasses.asdict(search.config), "history": s["history"]},
             "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "part_s": part_s, "estimate_full_part_s": estimate}
+            "part_s": part_s, "cpu_per_wall": cpu_per_wall, "estimate_full_part_s": estimate,
+            "estimate_idle_s": idle}
 
 
 # ---- the table ---------------------------------------------------------------------------------------------
@@ -467,7 +481,7 @@ def table(results_dir: Path) -> int:
         print(f"error: no finished part in {results_dir} (run --budget-index 0, 1, 2 first)", file=sys.stderr)
         return 2
     quick = any(p.get("quick") for p in parts)
-    labels = {"bsnet": "bsnet (found, retrained)", "resnet": "ResNet-{d}", "random": "random (best of {n} on val.)"}
+    labels = {"resnet": "ResNet-{d}", "random": "random (best of {n} on val.)"}
     lines = ["| budget (FLOPs of) | network | MFLOPs | params (k) | test acc. % (mean ± half range, "
              f"{len(parts[0]['protocol']['seeds'])} seeds) | vs bsnet |",
              "|---|---|---|---|---|---|"]
@@ -476,7 +490,7 @@ def table(results_dir: Path) -> int:
         for m in METHODS:
             e = nets[m]
             vs = "" if m == "bsnet" else p["verdicts"][f"bsnet_vs_{m}"]
-            label = labels[m].format(d=d, n=p["protocol"]["random_candidates"])
+            label = bsnet_label(e) if m == "bsnet" else labels[m].format(d=d, n=p["protocol"]["random_candidates"])
             lines.append(f"| ResNet-{d} ({p['budget_flops'] / 1e6:.1f} M) | {label} | {e['flops'] / 1e6:.1f} | "
                          f"{e['params'] / 1e3:.1f} | {pm(e)} | {vs} |")
     pr = parts[0]["protocol"]
@@ -497,6 +511,15 @@ def table(results_dir: Path) -> int:
     return 0
 
 
+def bsnet_label(entry: dict) -> str:
+    """What the part's bsnet row is: the found architecture alone (`--select 1`, the parts before session 8), or
+    the best on validation of it and its tempered samples."""
+    k = len(entry.get("candidates", []))
+    if k < 2:
+        return "bsnet (found, retrained)"
+    return f"bsnet (found + {k - 1} samples at T={entry['temperature']:g}, best on val.)"
+
+
 def part_time(p: dict) -> str:
     first = p.get("baselines_from") or p
     text = f"ResNet-{p['depth']} {first['part_s'] / 60:.0f} min at {first['machine']['threads']}"
@@ -510,7 +533,7 @@ def pareto(parts: list[dict], path: Path, quick: bool) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    style = {"bsnet": ("o-", "bsnet (found)"), "resnet": ("s--", "ResNet-8/14/20"), "random": ("^:", "random")}
+    style = {"bsnet": ("o-", "bsnet"), "resnet": ("s--", "ResNet-8/14/20"), "random": ("^:", "random")}
     for m in METHODS:
         xs = [p["networks"][m]["flops"] / 1e6 for p in parts]
         ys = [100 * p["networks"][m]["test_acc_mean"] for p in parts]
@@ -542,9 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (the protocol's), or cuda (figures from another "
                         "device are not the table's: the part records its device)")
-    parser.add_argument("--select", type=int, default=1, metavar="K",
-                        help="K > 1: bsnet picks among the found architecture and K - 1 samples of its gates at "
-                        "--temperature, each trained for the selection epochs, the best on validation (as random)")
+    parser.add_argument("--select", type=int, default=3, metavar="K",
+                        help="bsnet picks among the found architecture and K - 1 samples of its gates at "
+                        "--temperature, each trained for the selection epochs, the best on validation (as random; "
+                        "default 3; 1: the found one alone)")
     parser.add_argument("--temperature", type=float, default=3.0, help="of --select's samples (default 3)")
     parser.add_argument("--keep-baselines", action="store_true",
                         help="search and retrain bsnet only; keep the ResNet and random rows of this part's earlier "
@@ -559,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         return table(results_dir)
     if args.budget_index is None:
         parser.error("give --budget-index 0|1|2 (or --table)")
+    if args.select < 1 or args.temperature <= 0:
+        parser.error("--select takes K >= 1 and --temperature a positive number")
     if args.threads:
         torch.set_num_threads(args.threads)
     full = dataclasses.replace(FULL, epochs=args.epochs, search_epochs=args.search_epochs,
