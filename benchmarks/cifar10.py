@@ -524,7 +524,7 @@ def part_time(p: dict) -> str:
     first = p.get("baselines_from") or p
     text = f"ResNet-{p['depth']} {first['part_s'] / 60:.0f} min at {first['machine']['threads']}"
     if "baselines_from" in p:
-        text += f" (bsnet rerun alone: {p['part_s'] / 60:.0f} min at {p['machine']['threads']})"
+        text += f" (bsnet rerun, baselines kept: {p['part_s'] / 60:.0f} min at {p['machine']['threads']})"
     return text
 
 
