@@ -366,26 +366,6 @@ def candidate_records(net: bsnet.SuperNetwork, candidates: list[torch.Tensor], r
             for m, r in zip(candidates, runs)]
 
 
-def tempered_architectures(search: BudgetedSearch, mode: torch.Tensor, k: int, temperature: float,
-                           low: float = 0.8, draws: int = 5000) -> list[torch.Tensor]:
-    """The found architecture, then distinct samples of the gates with their logits divided by `temperature`
-    (flatter: farther from the mode than one gate), pruned, connected and within [low x budget, budget], in the
-    order drawn: `k` at most."""
-    graph, gen = search.net.graph, torch.Generator().manual_seed(search.config.seed)
-    probs = torch.sigmoid(search.gates.logits.detach().cpu() / temperature)
-    masks = graph.prune(torch.bernoulli(probs.expand(draws, -1), generator=gen))
-    limits = torch.tensor(search.limits, dtype=torch.float64).unsqueeze(1)
-    costs = search._costs(masks)  # [J, draws], one batched call
-    ok = graph.connected(masks) & ((costs >= low * limits) & (costs <= limits)).all(0)
-    out = [mode]
-    for m in masks[ok]:
-        if len(out) == k:
-            break
-        if not any(torch.equal(m, o) for o in out):
-            out.append(m)
-    return out
-
-
 def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
              target: Protocol = FULL, baselines: dict | None = None, device: str = "cpu", select: int = 1,
              temperature: float = 3.0) -> dict:
@@ -408,7 +388,7 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
     found = search.found()
     chosen, selection = found.mask, {}
     if select > 1:
-        candidates = tempered_architectures(search, found.mask, select, temperature)
+        candidates = search.candidates(select, temperature)  # found.mask first
         best, runs = select_on_validation(net, candidates, train, proto.seeds[0])
         chosen = candidates[best]
         emit("bsnet.selection", " ".join(f"{r['val_acc']:.4f}" for r in runs) + f" chosen={best}")

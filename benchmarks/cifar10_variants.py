@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen, selection = found.mask, None
     if args.select > 1:
         candidates = likely_architectures(search, found.mask, args.select) if args.temperature is None else \
-            bench.tempered_architectures(search, found.mask, args.select, args.temperature)
+            search.candidates(args.select, args.temperature)
         emit("candidates", " | ".join(" ".join(kept_names(m, net.gate_names)) for m in candidates))
         if args.rank == "shared":  # on the search weights, BatchNorm statistics recomputed for each candidate
             selection = []

@@ -27,6 +27,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "latency_table": None,
     "epochs": 12,
     "finetune_epochs": 4,
+    "select": 1,  # > 1: the best on validation of the found architecture and tempered samples of the gates
+    "select_temperature": 3.0,
     "batch_size": 64,
     "seed": 0,
     "device": "cpu",
@@ -114,6 +116,11 @@ def resolve_search_config(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"{key} must be an integer, got {cfg[key]!r}")
     if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["finetune_epochs"] < 0:
         raise UsageError("epochs and batch_size must be >= 1, finetune_epochs >= 0")
+    if not isinstance(cfg["select"], int) or isinstance(cfg["select"], bool) or cfg["select"] < 1:
+        raise UsageError(f"select must be an integer >= 1, got {cfg['select']!r}")
+    temperature = cfg["select_temperature"]
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        raise UsageError(f"select_temperature must be a number > 0, got {temperature!r}")
     if isinstance(cfg["budget"], str):
         cfg["budget"] = [cfg["budget"]]
     if not isinstance(cfg["budget"], list) or not all(isinstance(b, (str, int, float)) for b in cfg["budget"]):
@@ -379,16 +386,37 @@ def cmd_search(args: argparse.Namespace) -> int:
             seg_scores["full_test_miou"] = mean_iou(full, batches(data.test, 256), data.num_classes, device,
                                                     mask=full.full_mask())
         del full
-        found_net = copy.deepcopy(net)
-        recalibrate_bn(found_net, lambda x: found_net(x, mask), recal_batches(), device)
-        search_acc = accuracy(found_net, batches(data.test, 256), device, mask=mask)
-        search_val = accuracy(found_net, batches(data.val, 256), device, mask=mask)
-        ft_acc = None
-        if cfg["finetune_epochs"] > 0:
-            task = progress.add_task("fine-tune", total=cfg["finetune_epochs"] * steps_per_epoch, info="")
-            finetune(found_net, mask, lambda e: train_batches(10_000 + e), cfg["finetune_epochs"], steps_per_epoch,
-                     device=device, on_step=lambda: progress.update(task, advance=1))
-            ft_acc = accuracy(found_net, batches(data.test, 256), device, mask=mask)
+
+        def tuned(m: torch.Tensor, epochs: int, label: str) -> tuple[Any, dict[str, float]]:
+            """The search weights for architecture `m`: BatchNorm statistics recomputed for it, scored, then
+            fine-tuned for `epochs` (every candidate on the same batches) and scored again."""
+            tuned_net = copy.deepcopy(net)
+            recalibrate_bn(tuned_net, lambda x: tuned_net(x, m), recal_batches(), device)
+            scores = {"test": accuracy(tuned_net, batches(data.test, 256), device, mask=m),
+                      "val": accuracy(tuned_net, batches(data.val, 256), device, mask=m)}
+            if epochs > 0:
+                task = progress.add_task(label, total=epochs * steps_per_epoch, info="")
+                finetune(tuned_net, m, lambda e: train_batches(10_000 + e), epochs, steps_per_epoch, device=device,
+                         on_step=lambda: progress.update(task, advance=1))
+                scores["test_ft"] = accuracy(tuned_net, batches(data.test, 256), device, mask=m)
+                scores["val_ft"] = accuracy(tuned_net, batches(data.val, 256), device, mask=m)
+            return tuned_net, scores
+
+        selection: list[dict[str, Any]] = []
+        chosen, ft_epochs = 0, cfg["finetune_epochs"]
+        if cfg.get("select", 1) > 1:  # the found architecture and tempered samples, each fine-tuned, best on val.
+            ft_epochs = max(ft_epochs, 1)
+            candidates = search.candidates(cfg["select"], cfg["select_temperature"])
+            for i, m in enumerate(candidates):
+                cand_net, cand_scores = tuned(m, ft_epochs, f"candidate {i + 1}/{len(candidates)}")
+                selection.append({"kept": kept_names(m, net.gate_names), "val_acc": cand_scores["val_ft"],
+                                  "cost": dict(zip(names, search._costs(m.unsqueeze(0))[:, 0].tolist()))})
+                if i == 0 or cand_scores["val_ft"] > selection[chosen]["val_acc"]:
+                    chosen, mask, found_net, scores = i, m, cand_net, cand_scores
+                del cand_net
+        else:
+            found_net, scores = tuned(mask, ft_epochs, "fine-tune")
+        search_acc, search_val, ft_acc = scores["test"], scores["val"], scores.get("test_ft")
         if data.task == "segmentation":
             seg_scores["test_miou"] = mean_iou(found_net, batches(data.test, 256), data.num_classes, device, mask=mask)
 
@@ -397,12 +425,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     full_cost = all_costs(net, net.full_mask(), extra, cfg["parallel_workers"])
     metrics = {"test_acc": ft_acc if ft_acc is not None else search_acc, "test_acc_search_weights": search_acc,
                "val_acc_search_weights": search_val, "test_acc_finetuned": ft_acc, "full_test_acc": full_acc,
-               "epochs": cfg["epochs"], "finetune_epochs": cfg["finetune_epochs"], "repaired": found.repaired,
+               "epochs": cfg["epochs"], "finetune_epochs": ft_epochs, "repaired": found.repaired,
                "skipped_steps": search.nonfinite_steps, **seg_scores}
+    if selection:
+        metrics.update(selection=selection, selected=chosen, select_temperature=cfg["select_temperature"])
     arch = Architecture(supernet=net.name, supernet_config=net.config,
                         gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
-                        kept=kept_names(mask, net.gate_names),
-                        projected=found.projected, dropped=found.dropped, cost=cost,
+                        kept=kept_names(mask, net.gate_names),  # a sample chosen on validation was not projected
+                        projected=found.projected and chosen == 0, dropped=found.dropped if chosen == 0 else [],
+                        cost=cost,
                         budget=limit_of, full_cost=full_cost, metrics=metrics, bsnet_version=bsnet.__version__)
     from bsnet.export import export_module, save_weights
     save_weights(export_module(found_net, mask), arch, run_dir / "weights.safetensors")
@@ -454,10 +485,18 @@ def print_summary(arch, run_dir: Path) -> None:
     t.add_row("found / full", "", *blank,
               *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
     Console().print(t)
+    if "selection" in m:
+        print(_selection_line(m))
     if arch.projected:
         print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s): "
               + ", ".join(arch.dropped[:8]) + (" ..." if len(arch.dropped) > 8 else ""))
     print(f"run directory: {run_dir}")
+
+
+def _selection_line(m: dict[str, Any]) -> str:
+    vals = ", ".join(f"{100 * c['val_acc']:.2f}%" for c in m["selection"])
+    pick = "the found architecture" if m["selected"] == 0 else f"sample {m['selected']} of the gates"
+    return f"chosen on validation among {len(m['selection'])} candidates ({vals}): {pick}"
 
 
 # ---- commands on a finished run: export, train, eval, show -------------------------------------------------
@@ -650,6 +689,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if m:
         con.print(f"test accuracy {100 * m['test_acc']:.2f}% (search weights {100 * m['test_acc_search_weights']:.2f}%,"
                   f" full super network {100 * m['full_test_acc']:.2f}%)")
+    if "selection" in m:
+        con.print(_selection_line(m))
     if arch.projected:
         con.print(f"projected: dropped {', '.join(arch.dropped)}")
     con.print("kept gates: " + ", ".join(arch.kept))
@@ -736,6 +777,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--seed", type=int)
     s.add_argument("--device")
+    s.add_argument("--select", type=int, metavar="K",
+                   help="choose the final architecture among the found one and K - 1 samples of the gates at "
+                   "--select-temperature, each fine-tuned for the fine-tune epochs (at least 1), best on validation")
+    s.add_argument("--select-temperature", type=float, metavar="T", help="of --select's samples (default 3)")
     s.add_argument("--search-config", nargs="*", metavar="KEY=VALUE",
                    help="trainer settings, e.g. lambda_mode=fixed fixed_lambda=1e-7 sampling=per_example")
     s.add_argument("--model", help="package.module:factory returning your own torch model (searched over its "
