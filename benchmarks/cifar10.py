@@ -367,7 +367,7 @@ def candidate_records(net: bsnet.SuperNetwork, candidates: list[torch.Tensor], r
 
 
 def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
-             target: Protocol = FULL, baselines: dict | None = None, device: str = "cpu", select: int = 1,
+             target: Protocol = FULL, baselines: dict | None = None, device: str = "cpu", select: int = 3,
              temperature: float = 3.0) -> dict:
     """One budget under `proto`; the duration of the same part under `target` is estimated from its timings.
     `baselines`: the `resnet` and `random` entries of an earlier run of this part, kept instead of trained again.
