@@ -198,8 +198,7 @@ def run_search(search: BudgetedSearch, data: DataSplits, epochs: int, batch_size
         rec = {"epoch": epoch, "train_loss": statistics.fmean(s.loss for s in stats) if stats else float("nan"),
                "train_acc": statistics.fmean(s.accuracy for s in stats) if stats else float("nan"),
                "expected_cost_over_budget": [c / l for c, l in zip(search.expected_costs(), search.limits)],
-               "mode_cost_over_budget": [float(c) / l for c, l in
-                                         zip(search._costs(found.mask.unsqueeze(0))[:, 0], search.limits)],
+               "mode_cost_over_budget": [c / l for c, l in zip(search.costs(found.mask), search.limits)],
                "lambda": search.lambdas.tolist(), "entropy": search.mean_entropy(),
                "seconds": time.perf_counter() - t0}
         history.append(rec)

@@ -347,7 +347,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "val_acc": val_acc,
                 "expected_cost": dict(zip(names, search.expected_costs())),
                 "sampled_cost": {nm: sum(s.costs[j] for s in stats) / len(stats) for j, nm in enumerate(names)},
-                "mode_cost": dict(zip(names, search._costs(found.mask.unsqueeze(0))[:, 0].tolist())),
+                "mode_cost": dict(zip(names, search.costs(found.mask))),
                 "lambda": dict(zip(names, search.lambdas.tolist())),
                 "entropy": search.mean_entropy(),
                 "disconnected": sum(s.disconnected for s in stats) / len(stats),
@@ -410,7 +410,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             for i, m in enumerate(candidates):
                 cand_net, cand_scores = tuned(m, ft_epochs, f"candidate {i + 1}/{len(candidates)}")
                 selection.append({"kept": kept_names(m, net.gate_names), "val_acc": cand_scores["val_ft"],
-                                  "cost": dict(zip(names, search._costs(m.unsqueeze(0))[:, 0].tolist()))})
+                                  "cost": dict(zip(names, search.costs(m)))})
                 if i == 0 or cand_scores["val_ft"] > selection[chosen]["val_acc"]:
                     chosen, mask, found_net, scores = i, m, cand_net, cand_scores
                 del cand_net

@@ -394,9 +394,16 @@ class BudgetedSearch:
     def mean_entropy(self) -> float:
         return float(self.gates.entropy().detach().mean())
 
+    def costs(self, mask: torch.Tensor) -> list[float]:
+        """One architecture's cost under each budget, in the budgets' order."""
+        return self._costs(mask.unsqueeze(0))[:, 0].tolist()
+
+    def _meets_budgets(self, costs: torch.Tensor) -> torch.Tensor:
+        """[M] whether each of M architectures whose [J, M] `costs` are given holds every budget (rounding allowed)."""
+        return (costs <= torch.tensor(self.limits, dtype=torch.float64).unsqueeze(1) * (1 + 1e-9)).all(0)
+
     def within_budget(self, mask: torch.Tensor) -> bool:
-        costs = self._costs(mask.unsqueeze(0))[:, 0]
-        return all(float(c) <= limit * (1 + 1e-9) for c, limit in zip(costs, self.limits))
+        return bool(self._meets_budgets(self._costs(mask.unsqueeze(0)))[0])
 
     def found(self, project: bool = True) -> Found:
         """The most probable architecture, pruned, made connected and projected onto the budgets.
@@ -453,7 +460,7 @@ class BudgetedSearch:
         masks = graph.prune(torch.bernoulli(probs.expand(draws, -1), generator=gen))
         limits = torch.tensor(self.limits, dtype=torch.float64).unsqueeze(1)
         costs = self._costs(masks)  # [budgets, draws], one batched call
-        ok = graph.connected(masks) & ((costs >= low * limits) & (costs <= limits * (1 + 1e-9))).all(0)
+        ok = graph.connected(masks) & (costs >= low * limits).all(0) & self._meets_budgets(costs)
         for m in masks[ok]:
             if len(out) == k:
                 break
