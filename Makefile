@@ -1,4 +1,4 @@
-# Set-up and the two commands the README names. torch is pinned so that pip takes the CPU build.
+# Set-up and the two commands the README names (`make test`: the linter, then the test suite). torch is pinned so that pip takes the CPU build.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -15,6 +15,7 @@ demo: install
 	$(VENV)/bin/bsnet search
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 .PHONY: install demo test

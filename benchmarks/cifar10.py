@@ -58,7 +58,7 @@ Run (from the repository root), one budget at a time, then the table:
 
 `--select K` (default 3) sets the number of bsnet's candidates (the found architecture and K - 1 samples of its
 gates at `--temperature`, default 3; the part records them under `networks.bsnet.candidates`); `--select 1`
-retrains the found architecture alone (the table's method until session 8, see BENCHMARKS.md).
+retrains the found architecture alone.
 
 `--keep-baselines` reruns a part's bsnet search and training only (after a change to the search) and keeps the
 ResNet and random rows of that part's earlier result: they are seeded on their own and use nothing of the search.
@@ -90,6 +90,7 @@ from bsnet.budgets import Budget
 from bsnet.data import DataSplits, Split, batches, load_dataset, num_batches
 from bsnet.data.base import stratified_split
 from bsnet.fabrics.resnet_fabric import resnet_mask
+from bsnet.pipeline import SearchRun, run_epochs
 from bsnet.search import BudgetedSearch, SearchConfig
 from bsnet.train import TrainConfig, accuracy, reset_parameters, train_network
 
@@ -181,31 +182,22 @@ def protocol_data(folder: Path, n_train: int, n_val: int, n_test: int | None, se
 
 def run_search(search: BudgetedSearch, data: DataSplits, epochs: int, batch_size: int, seed: int,
                log: Callable[[str, object], None]) -> dict:
-    """The search loop of `bsnet search` (shuffled, augmented, drop_last batches); returns timing and history."""
+    """`bsnet search`'s epoch loop (`bsnet.pipeline.run_epochs`: shuffled, augmented, drop_last batches, the most
+    probable architecture scored on validation after each epoch); returns timing and history."""
+    run = SearchRun(search, data, batch_size, seed, search.device)
     history, t0 = [], time.perf_counter()
-    images = 0
     for epoch in range(epochs):
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        stats = []
-        for x, y in batches(data.train, batch_size, shuffle=True, generator=g, drop_last=True):
-            if data.augment is not None:
-                x, y = data.augment(x, y, g)
-            s = search.step(x, y)
-            images += len(y)
-            if not s.skipped:
-                stats.append(s)
-        found = search.found()
-        rec = {"epoch": epoch, "train_loss": statistics.fmean(s.loss for s in stats) if stats else float("nan"),
-               "train_acc": statistics.fmean(s.accuracy for s in stats) if stats else float("nan"),
-               "expected_cost_over_budget": [c / l for c, l in zip(search.expected_costs(), search.limits)],
-               "mode_cost_over_budget": [c / l for c, l in zip(search.costs(found.mask), search.limits)],
-               "lambda": search.lambdas.tolist(), "entropy": search.mean_entropy(),
-               "seconds": time.perf_counter() - t0}
+        rec = run_epochs(run, epoch + 1, start=epoch)[0]
+        names = run.cost_names
+        rec.update(expected_cost_over_budget=[rec["expected_cost"][n] / lim for n, lim in zip(names, search.limits)],
+                   mode_cost_over_budget=[rec["mode_cost"][n] / lim for n, lim in zip(names, search.limits)],
+                   seconds=time.perf_counter() - t0)
         history.append(rec)
         log(f"search.epoch{epoch + 1}", f"loss={rec['train_loss']:.3f} acc={rec['train_acc']:.3f} "
-            f"expected_cost/budget={rec['expected_cost_over_budget'][0]:.3f} "
+            f"val={rec['val_acc']:.3f} expected_cost/budget={rec['expected_cost_over_budget'][0]:.3f} "
             f"mode_cost/budget={rec['mode_cost_over_budget'][0]:.3f} s={rec['seconds']:.0f}")
-    return {"history": history, "seconds": time.perf_counter() - t0, "images": images}
+    return {"history": history, "seconds": time.perf_counter() - t0,
+            "images": epochs * run.steps_per_epoch * batch_size}
 
 
 def train_and_test(module: torch.nn.Module, data: DataSplits, cfg: TrainConfig, *, reset: bool,
@@ -491,7 +483,7 @@ def table(results_dir: Path) -> int:
 
 
 def bsnet_label(entry: dict) -> str:
-    """What the part's bsnet row is: the found architecture alone (`--select 1`, the parts before session 8), or
+    """What the part's bsnet row is: the found architecture alone (`--select 1`), or
     the best on validation of it and its tempered samples."""
     k = len(entry.get("candidates", []))
     if k < 2:
@@ -531,6 +523,23 @@ def pareto(parts: list[dict], path: Path, quick: bool) -> None:
     plt.close(fig)
 
 
+def check_search(depth: int, proto: Protocol, data: DataSplits, record: Path, emit: Callable[[str, object], None],
+                 device: str, select: int, temperature: float) -> int:
+    """The part's search alone: whether it finds the architecture and candidates its record holds (exit 1 if not)."""
+    rec = json.loads(record.read_text())["networks"]["bsnet"]
+    net, _, search = budgeted_search(depth, proto, data, SearchConfig(seed=proto.seeds[0]), proto.search_epochs,
+                                     device)
+    run_search(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
+    found = kept_names(search.found().mask, net.gate_names)
+    candidates = [kept_names(m, net.gate_names) for m in search.candidates(select, temperature)]
+    same_found = found == rec["candidates"][0]["kept"] if "candidates" in rec else found == rec["kept"]
+    same_candidates = candidates == [c["kept"] for c in rec.get("candidates", [])] or select == 1
+    emit("check.found", ",".join(found))
+    emit("check.found_matches_record", "yes" if same_found else "no")
+    emit("check.candidates_match_record", "yes" if same_candidates else "no")
+    return 0 if same_found and same_candidates else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-index", type=int, choices=range(len(DEPTHS)),
@@ -552,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-baselines", action="store_true",
                         help="search and retrain bsnet only; keep the ResNet and random rows of this part's earlier "
                         "result (they do not depend on the search)")
+    parser.add_argument("--check-search", action="store_true",
+                        help="run this part's search alone and compare its found architecture and candidates with "
+                        "the part's record (run at the thread count the record names)")
     parser.add_argument("--epochs", type=int, default=FULL.epochs, help="training epochs of every network")
     parser.add_argument("--search-epochs", type=int, default=FULL.search_epochs)
     parser.add_argument("--selection-epochs", type=int, default=FULL.selection_epochs,
@@ -590,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     def emit(key: str, value: object) -> None:
         print(f"cifar10.resnet{depth}.{key}={value}", flush=True)
 
+    if args.check_search:
+        return check_search(depth, proto, data, results_dir / f"resnet{depth}.json", emit, args.device,
+                            args.select, args.temperature)
     baselines = None if earlier is None else {m: earlier["networks"][m] for m in METHODS if m != "bsnet"}
     result = run_part(depth, proto, data, emit, target=full, baselines=baselines, device=args.device,
                       select=args.select, temperature=args.temperature)

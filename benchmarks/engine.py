@@ -209,9 +209,10 @@ def bench(name: str, args: argparse.Namespace, emit: Callable[[str, object], Non
         opt_static = torch.optim.SGD(static.parameters(), lr=1e-3, momentum=0.9)
         ref_masks = m.expand(args.batch_size, -1).contiguous()
         t_live, t_static, t_full, t_ref = time_steps(
-            [live_step(m), lambda: train_step(static, opt_static, x, y), live_step(full), live_step(ref_masks)],
+            [live_step(m), lambda s=static, o=opt_static: train_step(s, o, x, y), live_step(full),
+             live_step(ref_masks)],
             args.warmup, args.repeats)
-        mem = saved_bytes(lambda v: net(v, m), x, y, params)
+        mem = saved_bytes(lambda v, m=m: net(v, m), x, y, params)
         if cuda:
             peak.append(cuda_peak_bytes(live_step(m)) / peak_full)
         t_lives.append(t_live)
@@ -232,7 +233,7 @@ def bench(name: str, args: argparse.Namespace, emit: Callable[[str, object], Non
     for g in groups:
         gm = torch.stack(g)
         singles = [live_step(m, xb, yb) for m, xb, yb in zip(g, x_parts, y_parts)]
-        times = time_steps([lambda: train_step(lambda v: net(v, gm, grouped=True), opt, x, y)] + singles,
+        times = time_steps([lambda gm=gm: train_step(lambda v: net(v, gm, grouped=True), opt, x, y)] + singles,
                            args.warmup, args.repeats)
         grouped.append(times[0] / sum(times[1:]))
 

@@ -1,14 +1,21 @@
-"""Architecture: the found network as data (`architecture.json`), enough to rebuild it without gates."""
+"""Architecture: the found network as data (`architecture.json`), enough to rebuild it without gates
+(`bsnet.export.build_network`)."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
+
+from bsnet.supernet import SuperNetwork
 
 FORMAT_VERSION = 1
+
+# What rebuilds a custom super network: a SuperNetwork, a model searched through `bsnet.from_model`, or a factory.
+SupernetSource = nn.Module | Callable[[], nn.Module] | None
 
 
 def kept_mask(kept: list[str], gate_names: list[str]) -> torch.Tensor:
@@ -44,38 +51,33 @@ class Architecture:
         """The mask over `gate_names` (a super network's gates) that keeps exactly `kept`."""
         return kept_mask(self.kept, gate_names)
 
-    def supernet_network(self, supernet=None):
+    def supernet_network(self, supernet: SupernetSource = None) -> SuperNetwork:
         """The super network this architecture lives in: rebuilt from the registry, or from `supernet` (a
-        SuperNetwork or a factory returning one) for a custom one. bsnet never imports code a file names."""
+        SuperNetwork, a model searched through `bsnet.from_model`, or a factory of either) for a custom one. A
+        model is converted again as recorded (input shape, gate, leaf modules). bsnet never imports code a file
+        names.
+
+        Raises:
+            ValueError: a custom super network without its factory, or a factory returning something else.
+        """
         from bsnet.fabrics import create_supernet
-        from bsnet.supernet import SuperNetwork
+        from bsnet.from_model import as_supernet
         if supernet is None:
             if self.supernet is None:
                 raise ValueError("this architecture comes from a custom super network: pass its factory "
-                                 "(build(supernet=...) in Python, --model package.module:factory on the command line)")
+                                 "(supernet=... in Python, --model package.module:factory on the command line)")
             return create_supernet(self.supernet, **self.supernet_config)
-        net = supernet if isinstance(supernet, (SuperNetwork, torch.nn.Module)) else supernet()
-        if (not isinstance(net, SuperNetwork) and isinstance(net, torch.nn.Module)
-                and "from_model" in self.supernet_config):
-            # A user's own model (`bsnet.from_model`): converted again the way the search converted it.
-            from bsnet.from_model import from_model
-            shape = self.supernet_config.get("input_shape")
-            if not shape:
-                raise ValueError("the architecture does not record the model's input shape")
-            net = from_model(net, torch.zeros(1, *shape), gate=self.supernet_config.get("gate", "residual"))
-        if not isinstance(net, SuperNetwork):
+        net = supernet if isinstance(supernet, nn.Module) else supernet()
+        if isinstance(net, SuperNetwork):
+            return net
+        config = self.supernet_config
+        if not isinstance(net, nn.Module) or "from_model" not in config:
             raise ValueError(f"the factory returned a {type(net).__name__}, not a bsnet SuperNetwork or a model "
                              "this architecture was searched on")
-        return net
-
-    def build(self, supernet=None) -> torch.nn.Module:
-        """The plain network (fresh weights): only live nodes, a generated forward with no gates.
-
-        Raises:
-            ValueError: disconnected architecture, or a custom super network without its factory.
-        """
-        from bsnet.export.module import export_module
-        return export_module(self.supernet_network(supernet), self, copy_weights=False)
+        if not config.get("input_shape"):
+            raise ValueError("the architecture does not record the model's input shape")
+        return as_supernet(net, config["input_shape"], gate=config.get("gate", "residual"),
+                           leaf_modules=config.get("leaf_modules", ()))
 
     def to_json(self, path: str | Path) -> None:
         from bsnet.runs import atomic_write_text

@@ -6,7 +6,7 @@ import inspect
 import re
 from dataclasses import dataclass
 
-from bsnet.costs import Cost, FlopsCost, FunctionCost, LatencyCost, ParallelCost, ParamsCost
+from bsnet.costs import Cost, FunctionCost, create_cost, list_costs
 
 _SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
            "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -55,15 +55,8 @@ def load_object(spec: str) -> object:
 
 def make_cost(name: str, *, parallel_workers: int | None = None, latency_table: str | None = None,
               device: str = "cpu") -> Cost:
-    """A cost by name: flops, params, parallel, latency, or a user's `package.module:name`."""
-    if name == "flops":
-        return FlopsCost()
-    if name == "params":
-        return ParamsCost()
-    if name == "parallel":
-        return ParallelCost(parallel_workers)
-    if name == "latency":
-        return LatencyCost.from_table(latency_table) if latency_table else LatencyCost(device=device)
+    """A cost by name: a registered one (`list_costs()`: flops, params, parallel, latency, ...) or a user's
+    `package.module:name` (a `Cost` class or instance, or a function of `(net, live)`)."""
     if ":" in name:
         obj = load_object(name)
         if inspect.isclass(obj) and issubclass(obj, Cost):
@@ -73,7 +66,9 @@ def make_cost(name: str, *, parallel_workers: int | None = None, latency_table: 
         if callable(obj):
             return FunctionCost(obj, name=name.partition(":")[2])
         raise ValueError(f"{name} is neither a bsnet Cost nor a function of (net, live)")
-    raise ValueError(f"unknown cost {name!r} (known: flops, params, parallel, latency, or package.module:name)")
+    if name not in list_costs():
+        raise ValueError(f"unknown cost {name!r} (known: {', '.join(list_costs())}, or package.module:name)")
+    return create_cost(name, parallel_workers=parallel_workers, latency_table=latency_table, device=device)
 
 
 def parse_budget(text: str, **cost_options) -> Budget:

@@ -32,25 +32,36 @@ def local_device(device: str) -> str:
     return device
 
 
+def _collective_device() -> torch.device:
+    """Where a collective's tensors must be: nccl carries CUDA tensors only, on this process's GPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (any picklable value made by bsnet itself, never read from a file)."""
     if not dist.is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, device=_collective_device())
     return box[0]
 
 
 def sum_over_ranks(values: list[float]) -> list[float]:
     if not dist.is_initialized():
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return t.tolist()
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "nccl":  # else nccl guesses the GPU from the rank, and a wrong guess hangs
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 

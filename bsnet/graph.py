@@ -7,7 +7,7 @@ only they are computed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
@@ -31,16 +31,57 @@ class Edge:
     gate: int | None  # index into the gate vector, None for a fixed edge
 
 
-@dataclass
-class Graph:
-    """A DAG with one input node (fed by the network's input) and one output node."""
+@dataclass(frozen=True)
+class _Layout:
+    """What freezing computes once, for every query: edges sorted by their destination's position so that one pass
+    in order propagates reachability, and the same edges as index arrays."""
 
-    input: str
-    output: str
-    _nodes: dict[str, Node] = field(default_factory=dict)
-    _edges: list[Edge] = field(default_factory=list)
-    _gate_names: list[str] = field(default_factory=list)
-    _frozen: bool = False
+    order: list[str]
+    index: dict[str, int]
+    edges: list[Edge]
+    in_edges: dict[str, list[int]]
+    src: np.ndarray  # [E] position of each edge's source in `order`
+    dst: np.ndarray  # [E] position of each edge's destination
+    gate: np.ndarray  # [E] each edge's gate, -1 for a fixed edge
+
+
+class Graph:
+    """A DAG with one input node (fed by the network's input) and one output node.
+
+    Build it with `add_node` and `add_edge`. The first query about the whole structure (order, nodes, edges,
+    masks) freezes it, as `freeze()` does: the structure is checked once and later changes raise a RuntimeError,
+    since networks and costs built from the graph keep its order and gate indices.
+    """
+
+    def __init__(self, input: str, output: str) -> None:
+        self._input = input
+        self._output = output
+        self._nodes: dict[str, Node] = {}
+        self._edges: list[Edge] = []
+        self._gate_names: list[str] = []
+        self._layout: _Layout | None = None
+
+    def __repr__(self) -> str:
+        return (f"Graph(input={self._input!r}, output={self._output!r}, nodes={len(self._nodes)}, "
+                f"edges={len(self._edges)}, gates={len(self._gate_names)})")
+
+    @property
+    def input(self) -> str:
+        return self._input
+
+    @input.setter
+    def input(self, name: str) -> None:
+        self._check_mutable()
+        self._input = name
+
+    @property
+    def output(self) -> str:
+        return self._output
+
+    @output.setter
+    def output(self, name: str) -> None:
+        self._check_mutable()
+        self._output = name
 
     # ---- building -------------------------------------------------------------------------------
     def add_node(self, name: str, *, combine: Combine = "sum", pos: tuple[float, float] | None = None,
@@ -69,19 +110,23 @@ class Graph:
 
     def freeze(self) -> "Graph":
         """Fix the structure: check it and compute the topological order used by everything else."""
-        if self._frozen:
-            return self
-        for n in (self.input, self.output):
+        if self._layout is None:
+            self._layout = self._lay_out()
+        return self
+
+    def _lay_out(self) -> _Layout:
+        for n in (self._input, self._output):
             if n not in self._nodes:
                 raise ValueError(f"the graph has no node named {n!r}")
         indeg = {n: 0 for n in self._nodes}
-        for e in self._edges:
-            indeg[e.dst] += 1
-        # Kahn's algorithm, stable: ties keep insertion order so that orders (and names) are reproducible.
-        order, ready = [], [n for n in self._nodes if indeg[n] == 0]
         succ: dict[str, list[str]] = {n: [] for n in self._nodes}
         for e in self._edges:
+            indeg[e.dst] += 1
             succ[e.src].append(e.dst)
+        if indeg[self._input]:
+            raise ValueError(f"the input node {self._input!r} cannot have incoming edges")
+        # Kahn's algorithm, stable: ties keep insertion order so that orders (and names) are reproducible.
+        order, ready = [], [n for n in self._nodes if indeg[n] == 0]
         while ready:
             n = ready.pop(0)
             order.append(n)
@@ -91,40 +136,44 @@ class Graph:
                     ready.append(m)
         if len(order) != len(self._nodes):
             raise ValueError("the graph has a cycle")
-        if indeg[self.input] != 0 or any(e.dst == self.input for e in self._edges):
-            raise ValueError(f"the input node {self.input!r} cannot have incoming edges")
-        self._order = order
-        self._index = {n: i for i, n in enumerate(order)}
-        # Edges sorted by their destination's position so that one pass in order propagates reachability.
-        self._edges.sort(key=lambda e: (self._index[e.dst], self._index[e.src]))
-        self._in_edges = {n: [i for i, e in enumerate(self._edges) if e.dst == n] for n in order}
-        self._out_edges = {n: [i for i, e in enumerate(self._edges) if e.src == n] for n in order}
-        self._src_idx = np.array([self._index[e.src] for e in self._edges], dtype=np.int64)
-        self._dst_idx = np.array([self._index[e.dst] for e in self._edges], dtype=np.int64)
-        self._edge_gate = np.array([-1 if e.gate is None else e.gate for e in self._edges], dtype=np.int64)
-        self._frozen = True
-        return self
+        index = {n: i for i, n in enumerate(order)}
+        edges = sorted(self._edges, key=lambda e: (index[e.dst], index[e.src]))
+        return _Layout(
+            order=order, index=index, edges=edges,
+            in_edges={n: [i for i, e in enumerate(edges) if e.dst == n] for n in order},
+            src=np.array([index[e.src] for e in edges], dtype=np.int64),
+            dst=np.array([index[e.dst] for e in edges], dtype=np.int64),
+            gate=np.array([-1 if e.gate is None else e.gate for e in edges], dtype=np.int64))
+
+    @property
+    def _lay(self) -> _Layout:
+        """The frozen layout, freezing the graph on first use."""
+        if self._layout is None:
+            self._layout = self._lay_out()
+        return self._layout
 
     def _check_mutable(self) -> None:
-        if self._frozen:
-            raise RuntimeError("the graph is frozen: build a new one to change its structure")
+        if self._layout is not None:
+            raise RuntimeError("the graph is frozen (it was queried or used by a network): build a new one to "
+                               "change its structure")
 
     # ---- reading --------------------------------------------------------------------------------
     @property
     def order(self) -> list[str]:
         """Node names in topological order."""
-        return list(self._order)
+        return list(self._lay.order)
 
     @property
     def nodes(self) -> list[Node]:
-        return [self._nodes[n] for n in self._order]
+        return [self._nodes[n] for n in self._lay.order]
 
     def node(self, name: str) -> Node:
         return self._nodes[name]
 
     @property
     def edges(self) -> list[Edge]:
-        return list(self._edges)
+        """Edges sorted by their destination's position in `order`."""
+        return list(self._lay.edges)
 
     @property
     def gate_names(self) -> list[str]:
@@ -136,16 +185,14 @@ class Graph:
 
     @property
     def num_nodes(self) -> int:
-        return len(self._order)
+        return len(self._lay.order)
 
     def index(self, name: str) -> int:
-        return self._index[name]
+        return self._lay.index[name]
 
     def in_edges(self, name: str) -> list[Edge]:
-        return [self._edges[i] for i in self._in_edges[name]]
-
-    def gated_edge(self, gate: int) -> Edge:
-        return next(e for e in self._edges if e.gate == gate)
+        lay = self._lay
+        return [lay.edges[i] for i in lay.in_edges[name]]
 
     # ---- masks ----------------------------------------------------------------------------------
     def _as_bool(self, mask: torch.Tensor | np.ndarray | Sequence[float]) -> tuple[np.ndarray, bool]:
@@ -158,25 +205,28 @@ class Graph:
 
     def _kept(self, m: np.ndarray) -> np.ndarray:
         """[B, E] bool: edges kept by each mask (fixed edges always)."""
-        kept = np.ones((m.shape[0], len(self._edges)), dtype=bool)
-        gated = self._edge_gate >= 0
-        kept[:, gated] = m[:, self._edge_gate[gated]]
+        gate = self._lay.gate
+        kept = np.ones((m.shape[0], len(gate)), dtype=bool)
+        gated = gate >= 0
+        kept[:, gated] = m[:, gate[gated]]
         return kept
 
     def _live(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Live nodes [B, N] and live edges [B, E] for boolean masks [B, G]."""
+        lay = self._lay
+        src, dst = lay.src, lay.dst
         kept = self._kept(m)
-        b, n = m.shape[0], self.num_nodes
+        b, n = m.shape[0], len(lay.order)
         fwd = np.zeros((b, n), dtype=bool)
-        fwd[:, self._index[self.input]] = True
-        for i, e in enumerate(self._edges):  # sorted by destination: sources are final when read
-            fwd[:, self._dst_idx[i]] |= fwd[:, self._src_idx[i]] & kept[:, i]
+        fwd[:, lay.index[self._input]] = True
+        for i in range(len(src)):  # sorted by destination: sources are final when read
+            fwd[:, dst[i]] |= fwd[:, src[i]] & kept[:, i]
         bwd = np.zeros((b, n), dtype=bool)
-        bwd[:, self._index[self.output]] = True
-        for i in range(len(self._edges) - 1, -1, -1):
-            bwd[:, self._src_idx[i]] |= bwd[:, self._dst_idx[i]] & kept[:, i]
+        bwd[:, lay.index[self._output]] = True
+        for i in range(len(src) - 1, -1, -1):
+            bwd[:, src[i]] |= bwd[:, dst[i]] & kept[:, i]
         live = fwd & bwd
-        live_edges = kept & live[:, self._src_idx] & live[:, self._dst_idx]
+        live_edges = kept & live[:, src] & live[:, dst]
         return live, live_edges
 
     def live(self, mask: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -193,14 +243,14 @@ class Graph:
     def connected(self, mask: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Whether the output is reachable from the input ([] or [B] bool)."""
         live = self.live(mask)
-        return live[..., self._index[self.output]]
+        return live[..., self._lay.index[self._output]]
 
     def prune(self, mask: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The same architecture with the gates of dead edges set to 0 (float, same shape)."""
         m, single = self._as_bool(mask)
         _, live_edges = self._live(m)
         out = np.zeros(m.shape, dtype=np.float32)
-        for i, g in enumerate(self._edge_gate):
+        for i, g in enumerate(self._lay.gate):
             if g >= 0:
                 out[:, g] = live_edges[:, i]
         t = torch.from_numpy(out)
@@ -215,25 +265,27 @@ class Graph:
         unless fixed edges pull other nodes in. With `gate_cost` (the price of keeping each gate) it finds
         the cheapest set of gates to add to connect an architecture.
         """
-        n = self.num_nodes
+        lay = self._lay
+        n = len(lay.order)
         node_cost = np.zeros(n) if node_cost is None else np.asarray(node_cost, dtype=np.float64)
         gate_cost = np.zeros(self.num_gates) if gate_cost is None else np.asarray(gate_cost, dtype=np.float64)
         best = np.full(n, np.inf)
         via = np.full(n, -1, dtype=np.int64)
-        best[self._index[self.input]] = node_cost[self._index[self.input]]
-        for i in range(len(self._edges)):  # edges sorted by destination: a single relaxation pass suffices
-            s, d, g = self._src_idx[i], self._dst_idx[i], self._edge_gate[i]
+        start = lay.index[self._input]
+        best[start] = node_cost[start]
+        for i in range(len(lay.src)):  # edges sorted by destination: a single relaxation pass suffices
+            s, d, g = lay.src[i], lay.dst[i], lay.gate[i]
             c = best[s] + node_cost[d] + (gate_cost[g] if g >= 0 else 0.0)
             if c < best[d]:
                 best[d], via[d] = c, i
-        out = self._index[self.output]
+        out = lay.index[self._output]
         if not np.isfinite(best[out]):
             raise ValueError("the output cannot be reached from the input")
         mask = torch.zeros(self.num_gates)
         d = out
         while via[d] >= 0:
-            g = self._edge_gate[via[d]]
+            g = lay.gate[via[d]]
             if g >= 0:
                 mask[g] = 1.0
-            d = self._src_idx[via[d]]
+            d = lay.src[via[d]]
         return float(best[out]), mask

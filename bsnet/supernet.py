@@ -44,12 +44,10 @@ class SuperNetwork(nn.Module):
         input_shape: one example's input shape, e.g. `(3, 32, 32)`.
         name: registry name (for rebuilding from an architecture file), if any.
         config: the configuration the registry builds it from.
-        task: "classification" or "segmentation" (what the output means to the trainer).
     """
 
     def __init__(self, graph: Graph, modules: Mapping[str, nn.Module], input_shape: Sequence[int], *,
-                 name: str | None = None, config: Mapping[str, Any] | None = None,
-                 task: str = "classification") -> None:
+                 name: str | None = None, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.graph = graph.freeze()
         missing = [n for n in self.graph.order if n not in modules]
@@ -60,7 +58,6 @@ class SuperNetwork(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.name = name
         self.config = dict(config or {})
-        self.task = task
         # Per-node inputs, precomputed as (source name, gate index or None) for the forward loops.
         self._inputs = {n: [(e.src, e.gate) for e in self.graph.in_edges(n)] for n in self.graph.order}
         self._plans: dict[bytes, tuple | None] = {}  # see _plan

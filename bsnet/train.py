@@ -1,15 +1,30 @@
-"""Retraining a found network: the paper's protocol (SGD, momentum, weight decay, step or cosine schedule,
-standard augmentation). No printing, no file I/O: `train_network` yields one record per epoch."""
+"""Training and evaluating weights: the task's loss and accuracy, retraining a found network by the paper's protocol
+(SGD, momentum, weight decay, step or cosine schedule, standard augmentation), fine-tuning one architecture of a super
+network and recalibrating its BatchNorm statistics. No printing, no file I/O: `train_network` yields one record per
+epoch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bsnet.data import DataSplits, batches, num_batches
-from bsnet.search import correct, task_loss
+from bsnet.supernet import SuperNetwork
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy (averaged over pixels for segmentation)."""
+    loss = F.cross_entropy(out, y, reduction="none")
+    return loss.flatten(1).mean(1) if loss.dim() > 1 else loss
+
+
+def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example accuracy (pixel accuracy for segmentation)."""
+    hit = (out.argmax(1) == y).float()
+    return hit.flatten(1).mean(1) if hit.dim() > 1 else hit
 
 
 @dataclass
@@ -117,3 +132,45 @@ def mean_iou(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tensor]]
     union = confusion.sum(0).double() + confusion.sum(1).double() - inter
     present = union > 0
     return float((inter[present] / union[present]).mean()) if present.any() else 0.0
+
+
+# ---- one architecture of a super network: its BatchNorm statistics and a short fine-tune -----------------
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
+                   data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu") -> None:
+    """Recompute BatchNorm running statistics (a cumulative average) by running `run` over `data`.
+
+    Search weights are shared by many architectures, so their running statistics belong to none of them.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was = net.training
+    net.train()
+    for x, _ in data:
+        run(x.to(device))
+    net.train(was)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+
+
+def finetune(net: SuperNetwork, mask: torch.Tensor, batches_fn: Callable[[int], Iterable], epochs: int,
+             steps_per_epoch: int, *, lr: float = 0.02, weight_decay: float = 5e-4,
+             device: torch.device | str = "cpu", on_step: Callable[[], None] | None = None) -> None:
+    """Train the weights of one fixed architecture (live nodes only) for a few epochs, cosine schedule.
+
+    `batches_fn(epoch)` yields that epoch's (x, y) mini-batches.
+    """
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps_per_epoch * epochs))
+    net.train()
+    for epoch in range(epochs):
+        for x, y in batches_fn(epoch):
+            opt.zero_grad(set_to_none=True)
+            task_loss(net(x.to(device), mask), y.to(device)).mean().backward()
+            opt.step()
+            sched.step()
+            if on_step:
+                on_step()

@@ -150,9 +150,10 @@ def test_resume_refuses_options_that_would_change_the_run(finished_run, tmp_path
     assert main(["search", "--out", str(out), "--resume"]) == 2  # imports nothing a run directory names
     assert "pass it again" in capsys.readouterr().err
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
-    from bsnet.cli import _check_resume, make_parser
+    from bsnet.cli import _resumed_config, make_parser
     for same in ([], [*TINY], ["--config", str(out / "config.yaml")], ["--device", "cuda"]):  # all accepted
-        _check_resume(make_parser().parse_args(["search", "--out", str(out), "--resume", *same]), cfg)
+        resumed = _resumed_config(make_parser().parse_args(["search", "--out", str(out), "--resume", *same]))
+        assert resumed.epochs == cfg["epochs"] and resumed.device == (same[1] if same[:1] == ["--device"] else "cpu")
 
 
 def test_seed_given_with_a_config_file_seeds_the_gates_too(finished_run, tmp_path):
@@ -221,7 +222,7 @@ def test_segmentation_search_on_shapes(tmp_path, capsys):
     assert main(["search", "--dataset", "shapes", "--supernet-config", "layers=3", "channels=4", "--epochs", "1",
                  "--finetune-epochs", "1", "--out", str(out)]) == 0
     summary = capsys.readouterr().out
-    assert "pixel accuracy" in summary and "mean IoU" in summary
+    assert "pixel acc." in summary and "mean IoU" in summary
     arch = json.loads((out / "architecture.json").read_text())
     assert arch["supernet_config"]["task"] == "segmentation" and arch["supernet_config"]["num_classes"] == 4
     m = arch["metrics"]

@@ -7,7 +7,23 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bsnet import FlopsCost, FunctionCost, Graph, LatencyCost, ParallelCost, ParamsCost, SuperNetwork
+from bsnet.budgets import make_cost, parse_budget
+from bsnet.costs import AdditiveCost, Cost, all_costs, create_cost, list_costs, register_cost
+from bsnet.costs import registry as cost_registry
+from bsnet.costs.latency import fingerprint
 from tests.conftest import diamond
+
+
+def registered(name: str, net: SuperNetwork, tmp_path) -> Cost:
+    """The registered cost `name` as a budget makes it; latency read from a table of made-up node times."""
+    table = tmp_path / "latency.json"
+    times = {n: 1e-4 * (1 + i % 3) for i, n in enumerate(net.graph.order)}
+    table.write_text(json.dumps({"nodes": times, "fingerprint": fingerprint(net)}))
+    return create_cost(name, parallel_workers=2, latency_table=str(table))
+
+
+def masks_for(net: SuperNetwork, n: int, p: float, seed: int) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, net.num_gates), p), generator=torch.Generator().manual_seed(seed))
 
 
 def test_flops_and_params_by_hand_on_a_diamond():
@@ -60,13 +76,46 @@ def test_pure_sums_take_no_step_and_disconnected_costs_nothing():
     assert ParallelCost()(net, torch.zeros(4)).item() == 0
 
 
-@pytest.mark.parametrize("cost", [FlopsCost(), ParamsCost(), ParallelCost(), ParallelCost(2)])
+# ---- every registered cost ----------------------------------------------------------------------------------
+def test_the_built_in_costs_are_registered():
+    assert {"flops", "params", "parallel", "latency"} <= set(list_costs())
+
+
+@pytest.mark.parametrize("name", list_costs())
+def test_a_registered_cost_carries_its_name(small_net, name, tmp_path):
+    cost = registered(name, small_net, tmp_path)
+    assert isinstance(cost, Cost) and cost.name == name  # the key of the cost in architecture files and budgets
+
+
+@pytest.mark.parametrize("name", list_costs())
+def test_registered_costs_are_vectorised_and_disconnected_costs_nothing(small_net, name, tmp_path):
+    cost = registered(name, small_net, tmp_path)
+    masks = masks_for(small_net, 9, 0.6, seed=4)
+    costs = cost(small_net, masks)
+    assert costs.shape == (9,) and (costs >= 0).all()
+    # equal up to the order of a float sum (exactly, for counts)
+    assert costs.tolist() == pytest.approx([cost(small_net, m).item() for m in masks], rel=1e-12, abs=0)
+    assert cost(small_net, torch.zeros(small_net.num_gates)).item() == 0
+
+
+@pytest.mark.parametrize("name", list_costs())
+def test_registered_costs_cheapest_is_a_lower_bound(small_net, name, tmp_path):
+    check_cheapest(small_net, registered(name, small_net, tmp_path))
+
+
+@pytest.mark.parametrize("cost", [ParallelCost(), ParallelCost(1)])
 def test_cheapest_connected_architecture(small_net, cost):
-    bound, mask = cost.cheapest(small_net)
+    check_cheapest(small_net, cost)
+
+
+def check_cheapest(small_net: SuperNetwork, cost: Cost) -> None:
+    found = cost.cheapest(small_net)
+    if found is None:  # the cost knows no bound
+        return
+    bound, mask = found
     assert small_net.graph.connected(mask)
     assert float(cost(small_net, mask)) == pytest.approx(bound)
-    g = torch.Generator().manual_seed(0)
-    masks = torch.bernoulli(torch.full((64, small_net.num_gates), 0.5), generator=g)
+    masks = masks_for(small_net, 64, 0.5, seed=0)
     costs = cost(small_net, masks)[small_net.graph.connected(masks)]
     assert (costs >= bound - 1e-9).all()
 
@@ -83,13 +132,6 @@ def test_flops_cost_equals_flop_counter_on_the_forward_pass(small_net):
         assert float(FlopsCost()(net, mask)) == pytest.approx(counter.get_total_flops(), rel=0.01)
         checked += 1
     assert checked >= 5
-
-
-def test_cost_is_exactly_vectorised(small_net):
-    g = torch.Generator().manual_seed(4)
-    masks = torch.bernoulli(torch.full((9, small_net.num_gates), 0.6), generator=g)
-    for cost in (FlopsCost(), ParamsCost(), ParallelCost(3)):
-        assert cost(small_net, masks).tolist() == [cost(small_net, m).item() for m in masks]
 
 
 def test_a_users_own_cost_from_a_function(small_net):
@@ -152,3 +194,52 @@ def test_bsnet_profile_writes_a_table_that_reads_back_to_the_same_cost(tmp_path)
                  "--budget", f"latency={full * 0.8 * 1e3:.6f}ms", "--latency-table", str(path), "--out", str(out)]) == 0
     arch = json.loads((out / "architecture.json").read_text())
     assert arch["cost"]["latency"] <= arch["budget"]["latency"]
+
+
+# ---- costs by name ------------------------------------------------------------------------------------------
+def node_count(net: SuperNetwork, live: torch.Tensor) -> torch.Tensor:
+    """A user's cost function, named in a budget as `tests.test_costs:node_count`."""
+    return live.sum(1)
+
+
+def test_budgets_make_costs_from_the_registry_and_from_user_objects():
+    assert isinstance(make_cost("flops"), FlopsCost) and isinstance(make_cost("params"), ParamsCost)
+    assert make_cost("parallel", parallel_workers=3).workers == 3
+    assert make_cost("latency", device="cpu").device == "cpu"
+    user = make_cost("tests.test_costs:node_count")
+    assert isinstance(user, FunctionCost) and user.name == "node_count"
+    assert user(diamond(), torch.ones(2)).item() == 5
+    with pytest.raises(ValueError, match=r"unknown cost 'nope' \(known: flops, latency, parallel, params"):
+        make_cost("nope")
+    with pytest.raises(ValueError, match="unknown cost 'nope'"):
+        create_cost("nope")
+
+
+def test_a_registered_user_cost_is_usable_in_budgets(monkeypatch):
+    monkeypatch.setattr(cost_registry, "_REGISTRY", dict(cost_registry._REGISTRY))
+
+    @register_cost("nodes")
+    class NodeCost(AdditiveCost):
+        name = "nodes"
+
+        def node_costs(self, net: SuperNetwork) -> torch.Tensor:
+            return torch.ones(net.graph.num_nodes, dtype=torch.float64)
+
+    @register_cost("scaled")
+    def scaled(parallel_workers: int | None = None, scale: float = 1.0) -> Cost:
+        return FunctionCost(lambda net, live: live.sum(1) * scale * (parallel_workers or 1), name="scaled")
+
+    assert {"nodes", "scaled"} <= set(list_costs())
+    budget = parse_budget("nodes=4", parallel_workers=2, device="cpu")  # options it does not take are dropped
+    assert isinstance(budget.cost, NodeCost) and budget.value == 4 and str(budget) == "nodes<=4"
+    assert create_cost("scaled", parallel_workers=2, scale=0.5)(diamond(), torch.ones(2)).item() == 5
+
+
+def test_all_costs_of_one_architecture(small_net):
+    mask = masks_for(small_net, 1, 0.7, seed=1)[0]
+    extra = FunctionCost(node_count, name="nodes")
+    got = all_costs(small_net, mask, [extra], parallel_workers=2)
+    assert list(got) == ["flops", "params", "parallel", "nodes"]
+    assert got == {"flops": float(FlopsCost()(small_net, mask)), "params": float(ParamsCost()(small_net, mask)),
+                   "parallel": float(ParallelCost(2)(small_net, mask)), "nodes": float(extra(small_net, mask))}
+    assert all_costs(small_net, mask)["parallel"] == float(ParallelCost()(small_net, mask))

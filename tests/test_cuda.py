@@ -4,8 +4,10 @@ import json
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import bsnet
+from bsnet import distributed
 from bsnet.budgets import parse_budget
 from bsnet.cli import main
 from bsnet.data import batches, load_dataset
@@ -23,7 +25,7 @@ def digits():
     return load_dataset("digits")
 
 
-@pytest.mark.parametrize("cfg", [SearchConfig(explore=0.25, paired=True), SearchConfig(sampling="per_example")],
+@pytest.mark.parametrize("cfg", [SearchConfig(), SearchConfig(sampling="per_example", baseline="mean")],
                          ids=["grouped", "per_example"])
 def test_search_on_cuda_learns_and_meets_the_budget(digits, cfg):
     torch.manual_seed(0)
@@ -72,3 +74,16 @@ def test_latency_profile_on_cuda_feeds_a_latency_budget(tmp_path):
                  "--out", str(out)]) == 0
     arch = json.loads((out / "architecture.json").read_text())
     assert arch["cost"]["latency"] <= arch["budget"]["latency"]
+
+
+@pytest.mark.skipif(not dist.is_nccl_available(), reason="needs nccl")
+def test_collectives_over_nccl_carry_cuda_tensors(tmp_path):
+    # One rank is enough: nccl refuses a CPU tensor whatever the world size.
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert distributed.sum_over_ranks([1.0, 2.5]) == [1.0, 2.5]
+        assert distributed.broadcast({"limits": [3.0]}) == {"limits": [3.0]}
+        distributed.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bsnet.data import DATASETS, Split, batches, load_dataset
+from bsnet.data import DataSplits, Split, batches, list_datasets, load_dataset, register_dataset
+from bsnet.data import registry as data_registry
 from bsnet.data import cache as cache_mod
 from bsnet.data import image_folder as image_folder_mod
 from bsnet.data.augment import RandomCropFlip, RandomFlip
@@ -352,10 +353,65 @@ def test_shapes(shapes):
     assert x.shape == (4, 3, 16, 16) and y.shape == (4, 16, 16) and np.array_equal(x, x2) and np.array_equal(y, y2)
 
 
+# ---- every registered data set ------------------------------------------------------------------------------
+# A small copy of each registered data set: (a writer of fake files returning the data directory, or None for an
+# embedded one; the val_size to ask for). A data set registered without one fails `test_every_dataset_...`.
+SMALL_DATA = {
+    "digits": (None, 0.1),
+    "shapes": (None, 100),
+    "cifar10": (lambda root: write_cifar_release(root, "cifar10", 5, 1, style="protocol4").parent, 10),
+    "cifar100": (lambda root: write_cifar_release(root, "cifar100", 2, 1, style="protocol4").parent, 100),
+    "image-folder": (lambda root: write_image_folder(root / "pets"), 0.2),
+    "partlabels": (lambda root: write_partlabels(root / "lfw"), None),  # only its official validation split
+}
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_dataset_returns_consistent_splits(name, tmp_path):
+    if name not in SMALL_DATA:
+        pytest.fail(f"data set {name!r} has no small test copy: add one to SMALL_DATA in tests/test_data.py")
+    writer, val_size = SMALL_DATA[name]
+    data_dir = None if writer is None else writer(tmp_path)
+    d = load_dataset(name, data_dir, val_size=val_size, seed=3)
+    assert isinstance(d, DataSplits) and d.name == name and d.task in ("classification", "segmentation")
+    assert d.classes == () or len(d.classes) == d.num_classes
+    if isinstance(val_size, int):
+        assert len(d.val) == val_size
+    for split in (d.train, d.val, d.test):
+        assert len(split) > 0 and split.input_shape == d.input_shape
+        x, y = next(batches(split, 4))
+        assert x.dtype == torch.float32 and x.shape == (len(x), *d.input_shape)
+        assert y.dtype == torch.long and 0 <= y.min() and y.max() < d.num_classes
+        assert y.shape == ((len(x),) if d.task == "classification" else (len(x), *d.input_shape[1:]))
+    if d.augment is not None:
+        x, y = next(batches(d.train, 4))
+        xa, ya = d.augment(x, y, torch.Generator().manual_seed(0))
+        assert xa.shape == x.shape and ya.shape == y.shape
+    again = load_dataset(name, data_dir, val_size=val_size, seed=3)  # the seed fixes the validation split
+    assert torch.equal(again.val.y, d.val.y) and torch.equal(again.val.x, d.val.x)
+
+
+def test_a_registered_dataset_loads_by_name(monkeypatch, tmp_path):
+    monkeypatch.setattr(data_registry, "_REGISTRY", dict(data_registry._REGISTRY))
+    seen = []
+
+    @register_dataset("ones")
+    def ones(data_dir, val_size, seed) -> DataSplits:
+        seen.append((data_dir, val_size, seed))
+        split = Split(torch.ones(4, 1, 2, 2), torch.zeros(4, dtype=torch.long))
+        return DataSplits("ones", split, split, split, num_classes=1)
+
+    assert "ones" in list_datasets()
+    assert load_dataset("ones", tmp_path, val_size=2, seed=5).name == "ones"
+    assert seen == [(tmp_path, 2, 5)]
+    with pytest.raises(ValueError, match="val_size"):
+        load_dataset("ones", val_size=-1)
+
+
 # ---- splits, batches, augmentation --------------------------------------------------------------------------
 def test_all_datasets_listed_and_unknown_rejected():
-    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "image-folder", "partlabels", "shapes"}
-    with pytest.raises(ValueError, match="unknown dataset"):
+    assert set(list_datasets()) >= {"digits", "cifar10", "cifar100", "image-folder", "partlabels", "shapes"}
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist' \(known: cifar10, cifar100, digits"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match="val_size"):
         load_dataset("shapes", val_size=0)

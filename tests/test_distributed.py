@@ -1,12 +1,15 @@
-"""Data-parallel search with torchrun on CPU (gloo over loopback): ranks stay bitwise identical."""
+"""Data-parallel search with torchrun on CPU (gloo over loopback): ranks stay bitwise identical. The collective
+helpers with one rank."""
 import json
 import os
 import subprocess
 import sys
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 
+from bsnet import distributed
 ARGS = ["search", "--supernet-config", "layers=3", "channels=8", "--epochs", "2", "--finetune-epochs", "1"]
 
 
@@ -49,3 +52,15 @@ def test_killed_distributed_run_resumes_to_the_same_state(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "ref-run" / "architecture.json").read_bytes() == \
         (tmp_path / "cut-run" / "architecture.json").read_bytes()
+
+
+def test_collectives_with_one_gloo_rank_and_without_a_group(tmp_path):
+    assert distributed.sum_over_ranks([1.0, 2.5]) == [1.0, 2.5] and distributed.broadcast(3) == 3
+    distributed.barrier()  # no group: nothing to wait for
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert distributed.sum_over_ranks([1.0, 2.5]) == [1.0, 2.5]
+        assert distributed.broadcast({"limits": [3.0]}) == {"limits": [3.0]}
+        distributed.barrier()
+    finally:
+        dist.destroy_process_group()

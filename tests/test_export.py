@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import bsnet
-from bsnet import Architecture, FlopsCost, ParamsCost, export_module
+from bsnet import Architecture, FlopsCost, ParamsCost, build_network, export_module
 from bsnet.architecture import kept_mask, kept_names
 from bsnet.export import export_onnx, export_python, read_weights, save_weights
 
@@ -48,9 +48,21 @@ def test_exported_module_equals_the_supernetwork_under_the_mask(small_net):
 def test_build_from_the_registry_alone(small_net):
     mask = connected_masks(small_net, 1, seed=3)[0]
     arch = arch_of(small_net, mask)
-    built = arch.build()
+    built = build_network(arch)
     plain = export_module(small_net, mask)
     assert built.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_architecture_does_not_import_export():
+    """Architecture is data; export builds from it, never the other way round."""
+    import ast
+    import inspect
+
+    import bsnet.architecture
+    tree = ast.parse(inspect.getsource(bsnet.architecture))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert imported and not any(m.startswith("bsnet.export") for m in imported)
 
 
 def test_disconnected_architecture_is_a_clear_error(small_net):
@@ -62,8 +74,8 @@ def test_custom_supernetwork_needs_its_factory():
     from tests.conftest import diamond
     arch = Architecture(None, {}, {}, ["a"])
     with pytest.raises(ValueError, match="factory"):
-        arch.build()
-    assert {n for n, _ in arch.build(supernet=diamond).named_children()} == {"a", "out"}  # identities inlined
+        build_network(arch)
+    assert {n for n, _ in build_network(arch, supernet=diamond).named_children()} == {"a", "out"}  # identities inlined
 
 
 def test_onnx_runtime_agrees(small_net, tmp_path):

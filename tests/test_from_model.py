@@ -9,10 +9,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import bsnet
 from bsnet.budgets import parse_budget
+from bsnet.architecture import kept_names
 from bsnet.export import save_weights
-from bsnet.from_model import from_model
+from bsnet.from_model import as_supernet, from_model
 from bsnet.search import BudgetedSearch
 from tests.user_layers import Act, Flip, Gain, Opaque
+
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in, c_out, stride):
@@ -168,8 +170,9 @@ def test_one_gate_per_residual_branch(built):
 
 def test_attributes_and_shared_weights(built):
     model, net, _ = built
-    assert net.name is None and net.task == "classification" and net.input_shape == (3, 32, 32)
-    assert net.config == {"from_model": type(model).__qualname__, "gate": "residual"}
+    assert net.name is None and net.input_shape == (3, 32, 32)
+    assert net.config == {"from_model": type(model).__qualname__, "input_shape": [3, 32, 32], "gate": "residual",
+                          "leaf_modules": []}
     assert {id(p) for p in net.parameters()} == {id(p) for p in model.parameters()}
 
 
@@ -292,9 +295,11 @@ def test_untraceable_submodule_is_named_and_can_be_a_leaf():
     with pytest.raises(ValueError, match=r"submodule 'body\.1' \(Flip\).*if x\.sum\(\) > 0.*leaf_modules") as err:
         from_model(model, x)
     assert "control flow" in str(err.value)
-    for leaf in (Flip, model.body[1], "body.1"):
+    recorded = {Flip: "tests.user_layers.Flip", "Flip": "tests.user_layers.Flip",
+                "tests.user_layers.Flip": "tests.user_layers.Flip", model.body[1]: "body.1", "body.1": "body.1"}
+    for leaf, record in recorded.items():
         net = from_model(model, x, leaf_modules=[leaf]).eval()
-        assert net.gate_names == ["body"]
+        assert net.gate_names == ["body"] and net.config["leaf_modules"] == [record]
         with torch.no_grad():
             assert (net(x) - model(x)).abs().max() <= 1e-6
 
@@ -336,6 +341,71 @@ class WithLeaves(nn.Module):
         h = h + self.body1(h)
         h = h + self.body2(h)
         return self.head(h.mean((2, 3)))
+
+
+def test_leaf_modules_by_name_are_matched_against_the_models_classes():
+    model, x = WithLeaves(), torch.randn(2, 3, 16, 16)
+    net = from_model(model, x, leaf_modules=[Flip, "Gain", Opaque])  # no Opaque in the model: not recorded
+    assert net.config["leaf_modules"] == ["tests.user_layers.Flip", "tests.user_layers.Gain"]
+    with pytest.raises(ValueError, match="'Flop'.*no submodule at that path nor of that class"):
+        from_model(model, x, leaf_modules=["Flop", Gain])
+    with pytest.raises(ValueError, match="a Flip that is not a submodule of WithLeaves"):
+        from_model(model, x, leaf_modules=[Flip(), Gain])
+    model.body2[1] = type("Flip", (Flip,), {"__module__": "elsewhere", "__qualname__": "Flip"})()
+    with pytest.raises(ValueError, match=r"several classes.*elsewhere\.Flip, tests\.user_layers\.Flip"):
+        from_model(model, x, leaf_modules=["Flip", Gain])
+    assert from_model(model, x, leaf_modules=["elsewhere.Flip", Gain]).config["leaf_modules"][0] == "elsewhere.Flip"
+
+
+def test_a_model_with_leaf_modules_is_converted_again_from_its_architecture(tmp_path):
+    """search -> architecture.json -> super network, plain network, bsnet.load, given the model's factory alone: the
+    leaf modules the conversion needs are recorded as names and matched again, never imported."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    net = from_model(WithLeaves(), x, leaf_modules=[Flip, Gain])
+    assert net.config == {"from_model": "WithLeaves", "input_shape": [3, 16, 16], "gate": "residual",
+                          "leaf_modules": ["tests.user_layers.Flip", "tests.user_layers.Gain"]}
+    search = BudgetedSearch(net, [parse_budget("70%")])
+    g = torch.Generator().manual_seed(0)
+    search.step(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g))
+    found = search.found()
+    bsnet.Architecture(net.name, net.config, dict(zip(net.gate_names, search.gates.probs().tolist())),
+                       kept_names(found.mask, net.gate_names)).to_json(tmp_path / "architecture.json")
+    arch = bsnet.Architecture.from_json(tmp_path)
+    assert arch.supernet_config == net.config and len(arch.kept) < net.num_gates
+    again = arch.supernet_network(WithLeaves)
+    assert again.gate_names == net.gate_names and again.config == net.config
+    plain = bsnet.export_module(net.eval(), arch).eval()
+    assert bsnet.build_network(arch, WithLeaves).state_dict().keys() == plain.state_dict().keys()
+    save_weights(plain, arch, tmp_path / "m.safetensors")
+    loaded = bsnet.load(tmp_path / "m.safetensors", supernet=WithLeaves)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), plain(x))
+
+
+def test_as_supernet_takes_a_supernetwork_as_it_is_and_converts_a_model():
+    model = WithLeaves()
+    net = as_supernet(model, [3, 16, 16], leaf_modules=["Flip", "body1.1"])
+    assert net.input_shape == (3, 16, 16) and net.config["leaf_modules"] == ["tests.user_layers.Flip", "body1.1"]
+    assert as_supernet(net) is net and as_supernet(net, (3, 16, 16)) is net
+    with pytest.raises(ValueError, match=r"takes inputs shaped \(3, 16, 16\), not \(3, 8, 8\)"):
+        as_supernet(net, (3, 8, 8))
+    with pytest.raises(ValueError, match="needs its input shape"):
+        as_supernet(model)
+    with pytest.raises(ValueError, match="got the callable WithLeaves"):
+        as_supernet(WithLeaves, (3, 16, 16))  # the factory itself, not what it returns
+    with pytest.raises(ValueError, match="got a str"):
+        as_supernet("pkg.mod:factory", (3, 16, 16))
+
+
+def test_the_package_and_the_function_share_a_name():
+    import importlib
+
+    import bsnet.from_model
+    from bsnet.from_model import blocks, build, trace
+    assert bsnet.from_model is from_model is build.from_model  # the attribute is the function
+    assert importlib.import_module("bsnet.from_model").from_model is from_model
+    assert callable(blocks.cuts) and callable(trace.capture)
 
 
 def python_export(net, mask, tmp_path):

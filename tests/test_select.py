@@ -12,16 +12,17 @@ from bsnet.search import BudgetedSearch
 from tests.cli_options import TINY
 
 
-def search_with_logits(logits: float | torch.Tensor, budget: str = "50%") -> BudgetedSearch:
+def search_with_logits(logits: float | torch.Tensor, budget: str = "50%", *more: str) -> BudgetedSearch:
     net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8])
-    search = BudgetedSearch(net, [parse_budget(budget)])
+    search = BudgetedSearch(net, [parse_budget(b) for b in (budget, *more)])
     with torch.no_grad():
         search.gates.logits.copy_(torch.as_tensor(logits).expand_as(search.gates.logits))
     return search
 
 
-def test_candidates_are_the_found_architecture_then_distinct_samples_within_the_budget():
-    torch.manual_seed(0)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_candidates_are_the_found_architecture_then_distinct_samples_within_the_budget(seed):
+    torch.manual_seed(seed)
     search = search_with_logits(0.0)
     with torch.no_grad():
         search.gates.logits.copy_(torch.randn_like(search.gates.logits))
@@ -29,10 +30,13 @@ def test_candidates_are_the_found_architecture_then_distinct_samples_within_the_
     cands = search.candidates(4, temperature=3.0, low=0.5)
     assert len(cands) == 4
     assert torch.equal(cands[0], search.found().mask)
+    # Seed 0's found architecture spends less than `low` of the budget (0.47): no lower bound; seed 1's 0.86.
+    bounded = search.costs(cands[0])[0] >= 0.5 * limit
+    assert bounded == (seed == 1)
     for i, m in enumerate(cands):
         assert net.graph.connected(m) and torch.equal(net.graph.prune(m), m)
-        if i > 0:  # the found architecture may spend less than `low` of the budget; the samples may not
-            assert 0.5 * limit <= float(bsnet.FlopsCost()(net, m)) <= limit
+        if i > 0:
+            assert (0.5 * limit if bounded else 0.0) <= float(bsnet.FlopsCost()(net, m)) <= limit
         assert not any(torch.equal(m, o) for o in cands[:i])
     single = search.candidates(1)
     assert len(single) == 1 and torch.equal(single[0], cands[0])
@@ -43,6 +47,15 @@ def test_certain_gates_leave_no_other_candidate_unless_the_temperature_flattens_
     search = search_with_logits(20.0, budget="60%")
     assert len(search.candidates(3, temperature=1.0)) == 1
     assert len(search.candidates(3, temperature=40.0)) == 3  # logits 0.5: samples differ from one another
+
+
+def test_a_loose_second_budget_does_not_starve_the_candidates():
+    # The lower bound holds only for budgets the found architecture uses to `low`: a params budget of 99% is not one.
+    alone, both = search_with_logits(0.0, "40%"), search_with_logits(0.0, "40%", "params=99%")
+    assert len(alone.candidates(3)) == 3
+    cands = both.candidates(3)
+    assert len(cands) == 3 and all(both.within_budget(m) for m in cands)
+    assert all(torch.equal(a, b) for a, b in zip(cands, alone.candidates(3)))
 
 
 @pytest.mark.parametrize("k, temperature", [(0, 3.0), (3, 0.0), (3, -1.0)])

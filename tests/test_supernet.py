@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from bsnet import BernoulliGates, FlopsCost, ParamsCost, SuperNetwork, create_supernet
+from bsnet import BernoulliGates, FlopsCost, ParamsCost, SuperNetwork, create_supernet, list_supernets
 from bsnet.graph import Graph
-from tests.conftest import SMALL, diamond
+from tests.conftest import create_small, diamond
 
 
 def random_masks(net, n, p=0.6, seed=0):
@@ -179,9 +179,9 @@ def test_plain_resnets_are_subgraphs_of_the_resnet_fabric():
         resnet_mask(net, 32)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", list_supernets())
 def test_registry_builds_every_supernet_and_refuses_unknown_settings(name):
-    net = create_supernet(name, **SMALL[name])
+    net = create_small(name)
     assert net.name == name and net.config["image_size"] == 8
     with pytest.raises(ValueError, match="unknown"):
         create_supernet(name, no_such_setting=1)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 
 from bsnet.costs.base import AdditiveCost
+from bsnet.costs.registry import register_cost
 from bsnet.supernet import SuperNetwork
 
 
+@register_cost("flops")
 class FlopsCost(AdditiveCost):
     """Per-node FLOPs measured once with `torch.utils.flop_counter.FlopCounterMode` at batch size 1.
 

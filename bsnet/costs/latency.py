@@ -18,6 +18,7 @@ import torch
 from torch.utils import benchmark
 
 from bsnet.costs.base import AdditiveCost
+from bsnet.costs.registry import register_cost
 from bsnet.supernet import SuperNetwork
 
 TABLE_VERSION = 1
@@ -120,3 +121,9 @@ class LatencyCost(AdditiveCost):
     def node_costs(self, net: SuperNetwork) -> torch.Tensor:
         nodes = self._table_for(net)["nodes"]
         return torch.tensor([float(nodes[n]) for n in net.graph.order], dtype=torch.float64)
+
+
+@register_cost("latency")
+def _latency_cost(latency_table: str | None = None, device: str = "cpu") -> LatencyCost:
+    """The table's latencies where one is given (measured on the target device), else this device's, measured."""
+    return LatencyCost.from_table(latency_table) if latency_table else LatencyCost(device=device)

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from bsnet.costs.base import Cost
+from bsnet.costs.registry import register_cost
 from bsnet.supernet import SuperNetwork
 
 
@@ -68,3 +69,8 @@ class ParallelCost(Cost):
         # Any connected architecture contains an input→output path, and needs at least as many steps as
         # that path has computing nodes: the shortest such path is a lower bound, reached by the path alone.
         return net.graph.shortest_path([float(net.profile[n].steps) for n in net.graph.order])
+
+
+@register_cost("parallel")
+def _parallel_cost(parallel_workers: int | None = None) -> ParallelCost:
+    return ParallelCost(parallel_workers)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 
 from bsnet.costs.base import AdditiveCost
+from bsnet.costs.registry import register_cost
 from bsnet.supernet import SuperNetwork
 
 
+@register_cost("params")
 class ParamsCost(AdditiveCost):
     """Number of parameters of live nodes (BatchNorm's affine weights included, running buffers not).
 

@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from bsnet.architecture import Architecture
+from bsnet.architecture import Architecture, SupernetSource
+from bsnet.export.module import build_network
 from bsnet.export.pt import load_weights, read_architecture
-from bsnet.supernet import SuperNetwork
-
-SupernetSource = SuperNetwork | Callable[[], SuperNetwork] | None
 
 
 def weights_file(path: str | Path) -> tuple[Path, str]:
@@ -32,7 +29,7 @@ def load_with_info(path: str | Path, supernet: SupernetSource = None) -> tuple[t
     arch = read_architecture(file)
     if arch is None:
         arch = Architecture.from_json(Path(path) if Path(path).is_dir() else file.with_name("architecture.json"))
-    module = arch.build(supernet)
+    module = build_network(arch, supernet)
     load_weights(module, file)
     return module.eval(), arch, which
 
@@ -42,7 +39,8 @@ def load(path: str | Path, supernet: SupernetSource = None) -> torch.fx.GraphMod
 
     Args:
         path: a run directory, its `final/` directory, or a file written by `bsnet export --format pt`.
-        supernet: for a custom super network, the factory (or instance) it was built with; registered super
-            networks are rebuilt from their name and config.
+        supernet: for a custom super network, the factory (or instance) it was built with: a SuperNetwork, or
+            the model it was converted from with `bsnet.from_model`; registered super networks are rebuilt from
+            their name and config.
     """
     return load_with_info(path, supernet)[0]

@@ -16,6 +16,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from bsnet.architecture import Architecture, SupernetSource
 from bsnet.supernet import SuperNetwork
 
 
@@ -27,7 +28,18 @@ def attribute_name(node: str) -> str:
     return name
 
 
-def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True) -> torch.fx.GraphModule:
+def build_network(architecture: Architecture, supernet: SupernetSource = None) -> torch.fx.GraphModule:
+    """The plain network of `architecture` with fresh weights, its super network rebuilt by
+    `Architecture.supernet_network(supernet)` (from the registry, or from `supernet` for a custom one).
+
+    Raises:
+        ValueError: disconnected architecture, or a custom super network without its factory.
+    """
+    return export_module(architecture.supernet_network(supernet), architecture, copy_weights=False)
+
+
+def export_module(net: SuperNetwork, architecture: Architecture | torch.Tensor, *,
+                  copy_weights: bool = True) -> torch.fx.GraphModule:
     """The plain network of `architecture` (an `Architecture` or a mask), carrying `net`'s current weights.
 
     Raises:
@@ -58,7 +70,7 @@ def export_module(net: SuperNetwork, architecture, *, copy_weights: bool = True)
         if n == graph.input:
             h = x
         else:
-            sources = [(s, live[s] and (gate is None or kept[gate])) for s, gate in net._inputs[n]]
+            sources = [(e.src, live[e.src] and (e.gate is None or kept[e.gate])) for e in graph.in_edges(n)]
             if graph.node(n).combine == "concat":
                 parts = [values[s] if on else _zeros_like_batch(fx, x, net.profile[s].out_shape) for s, on in sources]
                 h = fx.call_function(torch.cat, (parts, 1))

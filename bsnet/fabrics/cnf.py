@@ -111,4 +111,4 @@ def build_cnf(cfg: CNFConfig) -> SuperNetwork:
     g.add_edge(agg(last, out_scale), "out")
     mods["out"] = (ClassifierHead(c, cfg.num_classes) if cfg.task == "classification"
                    else nn.Conv2d(c, cfg.num_classes, 1))
-    return SuperNetwork(g, mods, (cfg.in_channels, cfg.image_size, cfg.image_size), task=cfg.task)
+    return SuperNetwork(g, mods, (cfg.in_channels, cfg.image_size, cfg.image_size))

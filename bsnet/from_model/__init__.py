@@ -1,0 +1,33 @@
+"""from_model: a super network made from a user's own (trained) PyTorch model, traced with torch.fx.
+
+The model's forward is traced once into an fx graph and cut into a chain of bsnet nodes. A *cut* is a point of
+the traced program where exactly one tensor is alive: everything after it depends on what came before only
+through that tensor, so the program can be split there into two modules joined by one bsnet edge.
+
+With `gate="residual"` every residual addition `out = branch(x) + skip(x)` whose operands both come from the
+same cut `x` (and that is itself a cut) becomes a gated block:
+
+    pre ──> branch ──(gated)──> join       join = the engine's sum, then the code up to the next block
+     │                           ^
+     └──> skip (or a plain edge) ┘
+
+`branch` holds the fx nodes computing the branch from `x`, `skip` the identity or a projection (1x1 conv + BN);
+dropping the gate leaves the skip path and the branch is not executed. Everything else (`torch.cat`, attention
+matmuls, heads) stays inside fixed nodes, so only single tensors and additions ever cross bsnet edges. Nested
+residuals (an addition inside a gated branch) stay inside their branch.
+
+With `gate=["layer1.0", ...]` the named modules (which must keep their input's shape) are traced whole and made
+optional: the module's node computes `module(x) - x` and feeds the join through a gated edge, beside a fixed
+identity edge, so the join's sum is `module(x)` when kept and `x` when dropped.
+
+The node modules are `torch.fx.GraphModule`s over the model's own submodules and parameters (shared, not
+copied): the super network starts from the trained weights, and training it trains the model. Pass
+`copy.deepcopy(model)` to keep the original untouched.
+
+The steps, in the order data flows through them: `trace` (one input, leaf modules, the fx program), `blocks` (cuts,
+residual blocks and their branches, gate names), `build` (node modules, the SuperNetwork, `from_model` itself).
+`bsnet.from_model` is the function; import the steps by name (`from bsnet.from_model.blocks import cuts`).
+"""
+from bsnet.from_model.build import Increment, as_supernet, from_model
+
+__all__ = ["Increment", "as_supernet", "from_model"]
