@@ -180,15 +180,18 @@ def protocol_data(folder: Path, n_train: int, n_val: int, n_test: int | None, se
                       num_classes=data.num_classes, task=data.task, augment=data.augment, classes=data.classes)
 
 
-def run_search(search: BudgetedSearch, data: DataSplits, epochs: int, batch_size: int, seed: int,
+def search_epochs(search: BudgetedSearch, data: DataSplits, epochs: int, batch_size: int, seed: int,
                log: Callable[[str, object], None]) -> dict:
     """`bsnet search`'s epoch loop (`bsnet.pipeline.run_epochs`: shuffled, augmented, drop_last batches, the most
     probable architecture scored on validation after each epoch); returns timing and history."""
     run = SearchRun(search, data, batch_size, seed, search.device)
     history, t0 = [], time.perf_counter()
     for epoch in range(epochs):
-        rec = run_epochs(run, epoch + 1, start=epoch)[0]
-        names = run.cost_names
+        done = run_epochs(run, epoch + 1, start=epoch)
+        if not done:  # every step of the epoch had a non-finite loss and was skipped
+            log(f"search.epoch{epoch + 1}", "skipped")
+            continue
+        rec, names = done[0], run.cost_names
         rec.update(expected_cost_over_budget=[rec["expected_cost"][n] / lim for n, lim in zip(names, search.limits)],
                    mode_cost_over_budget=[rec["mode_cost"][n] / lim for n, lim in zip(names, search.limits)],
                    seconds=time.perf_counter() - t0)
@@ -375,7 +378,7 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
     full = float(bsnet.FlopsCost()(net, net.full_mask()))
     emit("budget_flops", f"{limit:.0f}")
     emit("budget_fraction_of_fabric", f"{limit / full:.3f}")
-    s = run_search(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
+    s = search_epochs(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
     chosen, selection = found.mask, {}
     if select > 1:
@@ -529,12 +532,14 @@ def check_search(depth: int, proto: Protocol, data: DataSplits, record: Path, em
     rec = json.loads(record.read_text())["networks"]["bsnet"]
     net, _, search = budgeted_search(depth, proto, data, SearchConfig(seed=proto.seeds[0]), proto.search_epochs,
                                      device)
-    run_search(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
+    search_epochs(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
     found = kept_names(search.found().mask, net.gate_names)
     candidates = [kept_names(m, net.gate_names) for m in search.candidates(select, temperature)]
     same_found = found == rec["candidates"][0]["kept"] if "candidates" in rec else found == rec["kept"]
     same_candidates = candidates == [c["kept"] for c in rec.get("candidates", [])] or select == 1
     emit("check.found", ",".join(found))
+    for i, c in enumerate(candidates[1:], 1):
+        emit(f"check.candidate{i}", ",".join(c))
     emit("check.found_matches_record", "yes" if same_found else "no")
     emit("check.candidates_match_record", "yes" if same_candidates else "no")
     return 0 if same_found and same_candidates else 1

@@ -182,7 +182,7 @@ def run_budget(fraction: float, proto: OwnProtocol, data: DataSplits, use_cache:
     search = BudgetedSearch(net, [Budget(cost, fraction, relative=True)],
                             SearchConfig(seed=proto.seeds[0], lr=proto.search_lr), steps_per_epoch=steps,
                             epochs=proto.search_epochs)
-    s = common.run_search(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
+    s = common.search_epochs(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
     dropped = [g for g, m in zip(net.gate_names, found.mask.tolist()) if m < 0.5]
     k = len(dropped)

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
-
 from bsnet.config import ConfigError, RunConfig, key_values, read_config_file, resolve, resume_conflicts
+from bsnet.tables import eval_table, print_summary, show_lines
 
 EXIT_USAGE, EXIT_BUDGET, EXIT_DIVERGED = 2, 3, 4
 CLI_EXTRAS = ("rich", "matplotlib", "sklearn", "PIL")  # bsnet[cli]
@@ -22,25 +21,16 @@ class UsageError(ValueError):
     """Bad input from the user: reported as one line, exit code 2."""
 
 
-def _device(name: str):
+def _device(name: str) -> Any:
     import torch
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but CUDA is not available on this machine")
     return torch.device(name)
 
 
-def _fmt(value: float, unit: str = "") -> str:
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= div:
-            return f"{value / div:.3g}{suffix}"
-    if unit == "s":
-        return f"{value * 1e3:.3g}ms"
-    return f"{value:.4g}"
-
-
-def _user_model(spec: str | None) -> Any:
-    """`--model package.module:factory`, named by the user on the command line (never read from a run), called:
-    a torch module or a bsnet SuperNetwork, in every command."""
+def _model_factory(spec: str | None) -> Callable[[], Any] | None:
+    """`--model package.module:factory`, named by the user on the command line (never read from a run): the factory,
+    each of its failures one line. It returns a torch module or a bsnet SuperNetwork, in every command."""
     if spec is None:
         return None
     import torch
@@ -49,13 +39,21 @@ def _user_model(spec: str | None) -> Any:
     factory = load_object(spec)
     if not callable(factory):
         raise UsageError(f"--model {spec} is not callable")
-    try:
-        model = factory()
-    except Exception as e:  # the user's code: any failure is theirs to read, in one line
-        raise UsageError(f"--model {spec} failed to build the model: {type(e).__name__}: {e}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"--model {spec} returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
+
+    def build() -> Any:
+        try:
+            model = factory()
+        except Exception as e:  # the user's code: any failure is theirs to read, in one line
+            raise UsageError(f"--model {spec} failed to build the model: {type(e).__name__}: {e}") from None
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError(f"--model {spec} returned a {type(model).__name__}, not a torch.nn.Module")
+        return model
+    return build
+
+
+def _user_model(spec: str | None) -> Any:
+    factory = _model_factory(spec)
+    return None if factory is None else factory()
 
 
 # ---- bsnet search ---------------------------------------------------------------------------------------
@@ -90,7 +88,7 @@ def _resumed_config(args: argparse.Namespace) -> RunConfig:
     return resolve(recorded, {"device": args.device})
 
 
-def _progress_bars(console, main_rank: bool):
+def _progress_bars(console: Any, main_rank: bool) -> tuple[Callable[[str, int], Callable[[str], None]], Any]:
     """A `bsnet.pipeline.Progress` drawing one rich bar per stretch of work, and the bars' context."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -116,7 +114,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         config = resolve(read_config_file(args.config) if args.config else {}, _given_options(args))
     _device(config.device)
-    model = _user_model(config.model)
+    model = _model_factory(config.model)  # called once the run is seeded
     progress, bars = _progress_bars(Console(stderr=True), os.environ.get("RANK", "0") == "0")  # torchrun
     warn = lambda m: print(f"bsnet: warning: {m}", file=sys.stderr)  # noqa: E731
     try:
@@ -134,85 +132,33 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(arch, run_dir: Path) -> None:
-    """The found architecture against its budgets and the full super network, in 80 columns."""
-    from rich.console import Console
-    from rich.table import Table
-    m = arch.metrics
-    segmentation = "test_miou" in m
-    t = Table(title=f"bsnet search: {arch.supernet or 'your model'}",
-              caption="found: fine-tuned (where it was); search weights: BatchNorm recalibrated, before")
-    t.add_column("", no_wrap=True)
-    t.add_column("pixel acc." if segmentation else "test acc.", justify="right", no_wrap=True)
-    if segmentation:
-        t.add_column("mean IoU", justify="right", no_wrap=True)
-    for name in arch.cost:
-        t.add_column(name, justify="right", no_wrap=True)
-    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-    miou = lambda key: [pct(m.get(key))] if segmentation else []  # noqa: E731
-    blank = [""] if segmentation else []
-    cost = lambda k, v: _fmt(v, "s" if k == "latency" else "")  # noqa: E731
-    found = "found" + (" (projected)" if arch.projected else "")
-    t.add_row(found, pct(m["test_acc"]), *miou("test_miou"), *[cost(k, v) for k, v in arch.cost.items()])
-    t.add_row("  search weights", pct(m["test_acc_search_weights"]), *blank, *["" for _ in arch.cost])
-    t.add_row("budget", "", *blank, *[("<= " + cost(k, arch.budget[k])) if k in arch.budget else "" for k in arch.cost])
-    t.add_row("full network", pct(m["full_test_acc"]), *miou("full_test_miou"),
-              *[cost(k, v) for k, v in arch.full_cost.items()])
-    t.add_row("found / full", "", *blank,
-              *[f"{100 * arch.cost[k] / v:.1f}%" if v else "" for k, v in arch.full_cost.items()])
-    Console().print(t)
-    if "selection" in m:
-        print(_selection_line(m))
-    if arch.projected:
-        print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s): "
-              + ", ".join(arch.dropped[:8]) + (" ..." if len(arch.dropped) > 8 else ""))
-    print(f"run directory: {run_dir}")
-
-
-def _selection_line(m: dict[str, Any]) -> str:
-    vals = ", ".join(f"{100 * c['val_acc']:.2f}%" for c in m["selection"])
-    pick = "the found architecture" if m["selected"] == 0 else f"sample {m['selected']} of the gates"
-    return f"chosen on validation among {len(m['selection'])} candidates ({vals}): {pick}"
-
-
 # ---- commands on a finished run: export, train, eval, show -------------------------------------------------
-def _open_run(run_dir: str) -> tuple[Path, dict[str, Any]]:
+def _open_run(run_dir: str) -> tuple[Path, RunConfig]:
+    """A finished run and its configuration (config.yaml, the defaults where it has none)."""
     from bsnet.architecture import Architecture
     path = Path(run_dir)
     if not (path / "architecture.json").exists():
         raise UsageError(f"{run_dir} is not a finished bsnet search run (no architecture.json)")
     Architecture.from_json(path)  # checks the format version
-    cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
-    return path, cfg or {}
+    return path, resolve(read_config_file(path / "config.yaml") if (path / "config.yaml").exists() else {}, {})
 
 
-def _run_data(cfg: dict[str, Any], args: argparse.Namespace):
+def _run_data(cfg: RunConfig, args: argparse.Namespace) -> Any:
     from bsnet.data import load_dataset
-    return load_dataset(args.dataset or cfg.get("dataset", "digits"), args.data_dir or cfg.get("data_dir"),
-                        val_size=cfg.get("val_size"), seed=cfg.get("seed", 0))
+    return load_dataset(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir, val_size=cfg.val_size,
+                        seed=cfg.seed)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bsnet.export import export_onnx, export_python, save_weights
+    from bsnet.export import FORMATS, export_file
     from bsnet.export.load import load_with_info
-    from bsnet.runs import atomic_write_text
     run, _ = _open_run(args.run_dir)
     model = _user_model(args.model)
     module, arch, which = load_with_info(run, model)
-    suffix = {"pt": ".safetensors", "onnx": ".onnx", "python": ".py"}[args.format]
     stem = "found_network" if args.format == "python" else "model"  # the python format writes its own weights
-    out = Path(args.out) if args.out else run / "export" / f"{stem}{suffix}"
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a directory: name the file to write")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.format == "pt":
-        save_weights(module, arch, out)
-        atomic_write_text(out.with_name(out.stem + ".architecture.json"),
-                          (run / "architecture.json").read_text())
-    elif args.format == "onnx":
-        export_onnx(module, tuple(arch.supernet_network(model).input_shape), out)
-    else:
-        export_python(module, arch, out)
+    out = Path(args.out) if args.out else run / "export" / (stem + FORMATS[args.format])
+    shape = tuple(arch.supernet_network(model).input_shape) if args.format == "onnx" else None
+    export_file(module, arch, args.format, out, shape)
     extra = f" (weights: {out.with_suffix('.safetensors').name})" if args.format == "python" else ""
     print(f"exported the found network with its {which} weights to {out}{extra}")
     return 0
@@ -231,16 +177,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     arch = Architecture.from_json(run)
     module, _, _ = load_with_info(run / "weights.safetensors" if (run / "weights.safetensors").exists() else run,
                                   model)
-    seed = cfg.get("seed", 0) if args.seed is None else args.seed
+    seed = cfg.seed if args.seed is None else args.seed
     if not args.finetune:
         reset_parameters(module, seed)
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size or cfg.get("batch_size", 64),
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size or cfg.batch_size,
                        lr=args.lr if args.lr is not None else (0.1 if not args.finetune else 0.02),
                        schedule=args.schedule, seed=seed)
     progress, bars = _progress_bars(Console(stderr=True), True)
     with bars:
         result = retrain(run, module, arch, arch.supernet_network(model), data, tcfg, finetune=args.finetune,
-                         device=_device(args.device), parallel_workers=cfg.get("parallel_workers"),
+                         device=_device(args.device), parallel_workers=cfg.parallel_workers,
                          overwrite=args.overwrite, progress=progress)
     print(f"trained the found network {'from its search weights' if args.finetune else 'from scratch'} for "
           f"{tcfg.epochs} epochs: test accuracy {100 * result['test_acc']:.2f}%; written to {run / 'final'}")
@@ -249,7 +195,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from bsnet.export.load import load_with_info
     from bsnet.retrain import measure
@@ -260,22 +205,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     module, arch, which = load_with_info(run, model)
     net = arch.supernet_network(model)
     report = {"weights": which, **measure(module, net, arch.mask(net.gate_names), data, batch_size=args.batch_size,
-                                          parallel_workers=cfg.get("parallel_workers"))}
+                                          parallel_workers=cfg.parallel_workers)}
     atomic_write_text(run / "eval.json", json.dumps(report, indent=1))
-    t = Table(title=f"bsnet eval: the exported network, {which} weights")
-    t.add_column("measure", no_wrap=True)
-    t.add_column("value", justify="right", no_wrap=True)
-    t.add_column("architecture.json", justify="right")
-    label = "pixel accuracy" if data.task == "segmentation" else "test accuracy"
-    t.add_row(label, f"{100 * report['test_acc']:.2f}%", "")
-    if "test_miou" in report:
-        t.add_row("mean IoU", f"{100 * report['test_miou']:.2f}%", "")
-    t.add_row("FLOPs (FlopCounterMode)", _fmt(report["flops"]), _fmt(arch.cost.get("flops", 0)))
-    t.add_row("parameters", _fmt(report["params"]), _fmt(arch.cost.get("params", 0)))
-    t.add_row(f"latency, batch {args.batch_size}", f"{report['latency'] * 1e3:.3g}ms",
-              f"{report['latency_per_node_estimate'] * 1e3:.3g}ms (sum of nodes)")
-    t.add_row("parallel steps", f"{report['parallel']:g}", f"{arch.cost.get('parallel', 0):g}")
-    Console().print(t)
+    Console().print(eval_table(report, arch, which, data.task))
     print(f"weights: {which} ({'retrained, final/' if which == 'final' else 'from the search, fine-tuned'}); "
           f"written to {run / 'eval.json'}")
     return 0
@@ -283,31 +215,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from bsnet.architecture import Architecture
     run, _ = _open_run(args.run_dir)
     arch = Architecture.from_json(run)
     con = Console()
-    t = Table(title=f"{arch.supernet or 'custom super network'}: {len(arch.kept)} of {len(arch.gates)} gates kept"
-                    + (" (projected onto the budget)" if arch.projected else ""))
-    for col in ("cost", "found", "budget", "full network", "found / full"):
-        t.add_column(col, justify="right" if col != "cost" else "left")
-    for k, v in arch.cost.items():
-        full = arch.full_cost.get(k, 0)
-        t.add_row(k, _fmt(v, "s" if k == "latency" else ""),
-                  ("<= " + _fmt(arch.budget[k], "s" if k == "latency" else "")) if k in arch.budget else "",
-                  _fmt(full, "s" if k == "latency" else ""), f"{100 * v / full:.1f}%" if full else "")
-    con.print(t)
-    m = arch.metrics
-    if m:
-        con.print(f"test accuracy {100 * m['test_acc']:.2f}% (search weights {100 * m['test_acc_search_weights']:.2f}%,"
-                  f" full super network {100 * m['full_test_acc']:.2f}%)")
-    if "selection" in m:
-        con.print(_selection_line(m))
-    if arch.projected:
-        con.print(f"projected: dropped {', '.join(arch.dropped)}")
-    con.print("kept gates: " + ", ".join(arch.kept))
+    for line in show_lines(arch):
+        con.print(line)
     if args.draw:
         import torch
 
@@ -424,56 +338,59 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     s.set_defaults(func=cmd_search)
     pr = add("profile", help="measure a per-node latency table on this machine")
-    pr.add_argument("--supernet", required=True)
-    pr.add_argument("--supernet-config", nargs="*", metavar="KEY=VALUE")
-    pr.add_argument("--batch-size", type=int, default=1)
-    pr.add_argument("--dtype", default="float32")
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--supernet", required=True, help="registered super network")
+    pr.add_argument("--supernet-config", nargs="*", metavar="KEY=VALUE", help="its settings")
+    pr.add_argument("--batch-size", type=int, default=1, help="batch size of the measurement")
+    pr.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     pr.add_argument("--min-run-time", type=float, default=0.05, help="seconds of timing per node")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--out", required=True, help="the table to write (JSON)")
     pr.set_defaults(func=cmd_profile)
     sw = add("sweep", help="one search per budget, in parallel worker processes or on a Ray cluster; other options "
                            "go to each `bsnet search`")
     sw.add_argument("--budgets", required=True, help="comma-separated budgets of the swept cost, e.g. 10%%,20%%,40%%")
     sw.add_argument("--sweep-cost", default="flops", help="the swept cost")
-    sw.add_argument("--workers", type=int, default=1)
-    sw.add_argument("--engine", choices=("local", "ray"), default="local")
+    sw.add_argument("--workers", type=int, default=1, help="searches run at once (local engine)")
+    sw.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local worker processes, or tasks on the Ray cluster RAY_ADDRESS names")
     sw.add_argument("--train-epochs", type=int, default=0, help="then `bsnet train` each found network")
-    sw.add_argument("--out", required=True)
+    sw.add_argument("--out", required=True, help="the sweep's folder: one run directory per budget")
     sw.set_defaults(func=cmd_sweep, search_args=[])
     model_help = "package.module:factory of your model, as given to `bsnet search --model` (never read from the run)"
     e = add("export", help="export a run's found network: pt (safetensors), onnx or python")
-    e.add_argument("run_dir")
-    e.add_argument("--format", choices=("pt", "onnx", "python"), default="pt")
+    e.add_argument("run_dir", help="a finished search run")
+    e.add_argument("--format", choices=("pt", "onnx", "python"), default="pt",
+                   help="pt: safetensors; onnx: checked with ONNX Runtime; python: readable source and its weights")
     e.add_argument("--out", help="output file (default: RUN_DIR/export/model.*)")
     e.add_argument("--model", help=model_help)
     e.set_defaults(func=cmd_export)
     t = add("train", help="retrain the found network; writes RUN_DIR/final/")
-    t.add_argument("run_dir")
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("run_dir", help="a finished search run")
+    t.add_argument("--epochs", type=int, default=10, help="training epochs")
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--from-scratch", dest="finetune", action="store_false", help="fresh weights (the default)")
     mode.add_argument("--finetune", dest="finetune", action="store_true", help="start from the search weights")
     t.add_argument("--lr", type=float, help="learning rate (default: 0.1 from scratch, 0.02 to fine-tune)")
     t.add_argument("--batch-size", type=int, help="(default: the search's)")
-    t.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    t.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
+                   help="cosine, or step: x0.1 at 50%% and 75%% of the epochs")
     t.add_argument("--seed", type=int, help="(default: the search's)")
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     t.add_argument("--dataset", help="(default: the search's)")
     t.add_argument("--data-dir", help="(default: the search's)")
     t.add_argument("--model", help=model_help)
     t.add_argument("--overwrite", action="store_true", help="replace an earlier training's final/")
     t.set_defaults(func=cmd_train, finetune=False)
     ev = add("eval", help="accuracy and every cost of the exported network, measured on it")
-    ev.add_argument("run_dir")
+    ev.add_argument("run_dir", help="a finished search run")
     ev.add_argument("--dataset", help="(default: the search's)")
     ev.add_argument("--data-dir", help="(default: the search's)")
     ev.add_argument("--batch-size", type=int, default=1, help="batch size of the latency measurement")
     ev.add_argument("--model", help=model_help)
     ev.set_defaults(func=cmd_eval)
     sh = add("show", help="print a run's architecture summary; --draw writes the drawing")
-    sh.add_argument("run_dir")
-    sh.add_argument("--draw", metavar="PNG")
+    sh.add_argument("run_dir", help="a finished search run")
+    sh.add_argument("--draw", metavar="PNG", help="write the architecture's drawing there")
     sh.add_argument("--model", help=model_help)
     sh.set_defaults(func=cmd_show)
     return p

@@ -44,7 +44,7 @@ class RunConfig:
     data_dir: str | None = _option(None, "the data set's folder, or the folder that holds it")
     val_size: float | None = _option(None, "validation images held out of training: a fraction or a count "
                                            "(default: the data set's)")
-    budget: list[str] = _option(["30%"], "[COST=]VALUE, repeated, one per cost: 30% (FLOPs), params=1.2M, "
+    budget: list[str] = _option(["30%"], "one per cost: 30% (FLOPs), params=1.2M, "
                                          "latency=3ms, parallel=6, mypkg.costs:energy=2e-3", metavar="[COST=]VALUE")
     parallel_workers: int | None = _option(None, "workers of the parallel cost (default: the live graph's depth)",
                                            metavar="N")
@@ -82,8 +82,6 @@ class RunConfig:
             raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ConfigError(f"input_shape must be positive sizes like 3,32,32, got {self.input_shape!r}")
-        if self.latency_table is not None and not Path(self.latency_table).is_file():
-            raise ConfigError(f"latency table {self.latency_table} does not exist (make one with `bsnet profile`)")
         self.search_config = _without_removed(self.search_config)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +123,8 @@ def _checked(name: str, value: Any, kind: str) -> Any:
 
 def _without_removed(search_config: dict[str, Any]) -> dict[str, Any]:
     out = {}
+    if search_config.get("baseline") == "ema":
+        raise ConfigError("search setting baseline=ema was removed (it did not help: BENCHMARKS.md, CHANGELOG.md)")
     for key, value in search_config.items():
         if key in REMOVED_SEARCH_SETTINGS:
             if value != REMOVED_SEARCH_SETTINGS[key]:

@@ -3,36 +3,41 @@
     build_run(config)       data, super network, budgets, BudgetedSearch            -> SearchRun
     run_epochs(run, ...)    the epoch loop: search steps, validation, metrics, checkpoints
     finish(run, ...)        the found architecture: BatchNorm recalibrated, scored, selected, fine-tuned -> Outcome
+    found_architecture(...) architecture.json's content                          -> Architecture
     write_run(dir, ...)     weights, plots and architecture.json
     run_search(config, out) all of the above in a run directory, with resume
 
-The library prints nothing: progress goes through the `progress` callback (the CLI draws bars with it) and warnings
-through `warn`.
+`finish`, `found_architecture` and `write_run` live in `bsnet.outcome`. The library prints nothing: progress goes
+through the `progress` callback (the CLI draws bars with it) and warnings through `warn`.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Union
 
 import torch
+import yaml
 from torch import nn
 
 import bsnet
 from bsnet import distributed, runs
-from bsnet.architecture import Architecture, kept_names
-from bsnet.budgets import parse_budget
-from bsnet.config import ConfigError, RunConfig, typed
-from bsnet.costs import LatencyCost, all_costs
+from bsnet.architecture import Architecture
+from bsnet.budgets import Budget, parse_budget
+from bsnet.config import ConfigError, RunConfig, read_config_file, typed
+from bsnet.costs import LatencyCost
 from bsnet.data import DataSplits, batches, load_dataset, num_batches
-from bsnet.search import BudgetedSearch, BudgetError, Found, NonFiniteLossError, SearchConfig, StepStats
+from bsnet.outcome import Outcome, finish, found_architecture, write_run
+from bsnet.search import BudgetedSearch, BudgetError, NonFiniteLossError, SearchConfig, StepStats
 from bsnet.supernet import SuperNetwork
-from bsnet.train import accuracy, finetune, mean_iou, recalibrate_bn
+from bsnet.train import accuracy
+
+__all__ = ["Outcome", "Progress", "SearchRun", "build_run", "build_supernet", "epoch_record", "finish",
+           "found_architecture", "no_progress", "run_epochs", "run_search", "search_epoch", "write_run"]
 
 # (label, total) -> advance(info): one progress bar per stretch of work (an epoch, a fine-tune).
 Progress = Callable[[str, int], Callable[[str], None]]
@@ -53,6 +58,7 @@ class SearchRun:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world: int = 1
+    config: RunConfig | None = None  # the resolved configuration, when built from one (`build_run`)
 
     @property
     def net(self) -> SuperNetwork:
@@ -77,9 +83,17 @@ class SearchRun:
             yield x, y
 
 
+ModelSource = Union[nn.Module, Callable[[], nn.Module], None]  # a model, or a factory called once seeded
+
+
 def build_supernet(config: RunConfig, data: DataSplits, model: nn.Module | None = None) -> SuperNetwork:
     """A registered super network sized for the data (input size, channels, classes, task), or the user's own
     `model` (a SuperNetwork as it is; a torch module turned into one with `bsnet.from_model`)."""
+    if model is None or isinstance(model, SuperNetwork):
+        given = [o for o, v in (("leaf_modules", config.leaf_modules), ("input_shape", config.input_shape)) if v]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to a model of your own that bsnet converts (--model "
+                              "returning a torch module), not to a super network")
     if model is not None:
         from bsnet.from_model import as_supernet
         shape = tuple(config.input_shape) if config.input_shape else tuple(data.input_shape)
@@ -95,32 +109,44 @@ def build_supernet(config: RunConfig, data: DataSplits, model: nn.Module | None 
     return bsnet.create_supernet(config.supernet, **cfg)
 
 
-def build_run(config: RunConfig, model: nn.Module | None = None) -> SearchRun:
-    """Data, super network, budgets and search for `config`, set up on its device (one process of a torchrun
-    group when launched by torchrun). `config`'s `supernet_config` and `search_config` are resolved in place, so
-    that it can be written as the run's config.yaml."""
-    rank, world = distributed.setup(config.device)  # torchrun: data-parallel over `world` processes
-    device = torch.device(distributed.local_device(config.device))
-    torch.manual_seed(config.seed)
-    search_cfg = typed(SearchConfig, {"seed": config.seed, **config.search_config}, "search")
-    data = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed)
-    net = build_supernet(config, data, model)
+def _budgets(config: RunConfig, net: SuperNetwork, device: torch.device, rank: int, world: int) -> list[Budget]:
+    if config.latency_table is not None and not Path(config.latency_table).is_file():
+        raise ConfigError(f"latency table {config.latency_table} does not exist (make one with `bsnet profile`)")
     options = dict(parallel_workers=config.parallel_workers, latency_table=config.latency_table, device=str(device))
     budgets = [parse_budget(b, **options) for b in config.budget]
     names = [b.cost.name for b in budgets]
     if len(set(names)) != len(names):
         raise ConfigError(f"one budget per cost, got {', '.join(config.budget)}")
-    for b in budgets:  # measured once, on rank 0, so that every rank optimises the same numbers
-        if isinstance(b.cost, LatencyCost) and world > 1:
-            b.cost.table = distributed.broadcast(b.cost.table_for(net) if rank == 0 else None)
-    run = SearchRun(None, data, config.batch_size, config.seed, device, rank, world)  # type: ignore[arg-type]
-    if run.steps_per_epoch < 1:
+    if world > 1:  # a latency table is measured once, on rank 0, so that every rank optimises the same numbers
+        for i, b in enumerate(budgets):
+            if isinstance(b.cost, LatencyCost):
+                table = distributed.broadcast(b.cost.table_for(net) if rank == 0 else None)
+                budgets[i] = dataclasses.replace(b, cost=LatencyCost(table, device=device,
+                                                                     batch_size=b.cost.batch_size))
+    return budgets
+
+
+def build_run(config: RunConfig, model: ModelSource = None) -> SearchRun:
+    """Data, super network, budgets and search for `config`, set up on its device (one process of a torchrun
+    group when launched by torchrun). `model`: the user's own model or a factory of it (called once seeded, so
+    that a run is reproduced from its seed). The run's `config` is `config` resolved: the super network's and the
+    search's settings in full, as the run's config.yaml records them."""
+    rank, world = distributed.setup(config.device)  # torchrun: data-parallel over `world` processes
+    device = torch.device(distributed.local_device(config.device))
+    torch.manual_seed(config.seed)
+    search_cfg = typed(SearchConfig, {"seed": config.seed, **config.search_config}, "search")
+    data = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed)
+    if model is not None and not isinstance(model, nn.Module):
+        model = model()
+    net = build_supernet(config, data, model)
+    budgets = _budgets(config, net, device, rank, world)
+    steps = num_batches(data.train, config.batch_size, drop_last=True, world=world)
+    if steps < 1:
         raise ConfigError(f"batch size {config.batch_size} is larger than the training set's share per process")
-    run.search = BudgetedSearch(net, budgets, search_cfg, steps_per_epoch=run.steps_per_epoch,
-                                epochs=config.epochs, device=device)
-    config.supernet_config = net.config if model is None else {}
-    config.search_config = dataclasses.asdict(search_cfg)
-    return run
+    search = BudgetedSearch(net, budgets, search_cfg, steps_per_epoch=steps, epochs=config.epochs, device=device)
+    resolved = dataclasses.replace(config, supernet_config=net.config if model is None else {},
+                                   search_config=dataclasses.asdict(search_cfg))
+    return SearchRun(search, data, config.batch_size, config.seed, device, rank, world, resolved)
 
 
 # ---- the epoch loop ---------------------------------------------------------------------------------------
@@ -193,119 +219,14 @@ def run_epochs(run: SearchRun, epochs: int, *, run_dir: Path | None = None, star
     return records
 
 
-# ---- the found architecture ---------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    """The chosen architecture, its network (search weights, BatchNorm recalibrated, fine-tuned) and its scores."""
-
-    found: Found
-    mask: torch.Tensor
-    network: SuperNetwork
-    metrics: dict[str, Any]
-    chosen: int = 0  # 0: the found architecture; i: the i-th tempered sample (`select`)
-
-
-def _scores(run: SearchRun, net: SuperNetwork, mask: torch.Tensor, split: str) -> float:
-    return accuracy(net, batches(getattr(run.data, split), 256), run.device, mask=mask)
-
-
-def tuned(run: SearchRun, mask: torch.Tensor, epochs: int, advance: Callable[[str], None] | None = None
-          ) -> tuple[SuperNetwork, dict[str, float]]:
-    """A copy of the search weights for architecture `mask`: BatchNorm statistics recomputed for it, scored on
-    test and validation, then fine-tuned for `epochs` (every candidate on the same batches) and scored again."""
-    net = copy.deepcopy(run.net)
-    recalibrate_bn(net, lambda x: net(x, mask), run.batches(0, augment=False), run.device)
-    scores = {"test": _scores(run, net, mask, "test"), "val": _scores(run, net, mask, "val")}
-    if epochs > 0:
-        finetune(net, mask, lambda e: run.batches(10_000 + e), epochs, run.steps_per_epoch, device=run.device,
-                 on_step=(lambda: advance("")) if advance else None)
-        scores["test_ft"] = _scores(run, net, mask, "test")
-        scores["val_ft"] = _scores(run, net, mask, "val")
-    return net, scores
-
-
-def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature: float = 3.0,
-           progress: Progress = no_progress) -> Outcome:
-    """The found architecture (`select` > 1: the best on validation of it and `select` - 1 tempered samples of the
-    gates, each fine-tuned for at least one epoch), scored against the full super network on the same weights.
-
-    Raises:
-        BudgetError: no connected architecture meets every budget.
-    """
-    search, net, device = run.search, run.net, run.device
-    found = search.found()
-    full = copy.deepcopy(net)
-    recalibrate_bn(full, full, run.batches(0, augment=False), device)  # no mask: every gate kept
-    metrics: dict[str, Any] = {"full_test_acc": _scores(run, full, full.full_mask(), "test")}
-    segmentation = run.data.task == "segmentation"
-    if segmentation:
-        metrics["full_test_miou"] = mean_iou(full, batches(run.data.test, 256), run.data.num_classes, device,
-                                             mask=full.full_mask())
-    del full
-    selection: list[dict[str, Any]] = []
-    chosen, mask = 0, found.mask
-    if select > 1:
-        finetune_epochs = max(finetune_epochs, 1)
-        candidates = search.candidates(select, temperature)
-        for i, m in enumerate(candidates):
-            advance = progress(f"candidate {i + 1}/{len(candidates)}", finetune_epochs * run.steps_per_epoch)
-            cand_net, cand_scores = tuned(run, m, finetune_epochs, advance)
-            selection.append({"kept": kept_names(m, net.gate_names), "val_acc": cand_scores["val_ft"],
-                              "cost": dict(zip(run.cost_names, search.costs(m)))})
-            if i == 0 or cand_scores["val_ft"] > selection[chosen]["val_acc"]:
-                chosen, mask, found_net, scores = i, m, cand_net, cand_scores
-            del cand_net
-    else:
-        advance = progress("fine-tune", finetune_epochs * run.steps_per_epoch) if finetune_epochs else None
-        found_net, scores = tuned(run, mask, finetune_epochs, advance)
-    ft_acc = scores.get("test_ft")
-    metrics = {"test_acc": ft_acc if ft_acc is not None else scores["test"], "test_acc_search_weights": scores["test"],
-               "val_acc_search_weights": scores["val"], "test_acc_finetuned": ft_acc, **metrics,
-               "finetune_epochs": finetune_epochs, "repaired": found.repaired, "skipped_steps": search.nonfinite_steps}
-    if segmentation:
-        metrics["test_miou"] = mean_iou(found_net, batches(run.data.test, 256), run.data.num_classes, device,
-                                        mask=mask)
-    if selection:
-        metrics.update(selection=selection, selected=chosen, select_temperature=temperature)
-    return Outcome(found, mask, found_net, metrics, chosen)
-
-
-def architecture(run: SearchRun, outcome: Outcome, *, epochs: int, parallel_workers: int | None = None
-                 ) -> Architecture:
-    """`architecture.json`'s content: the kept gates, every cost against its budget and the full network's."""
-    net, search = run.net, run.search
-    extra = [b.cost for b in search.budgets if b.cost.name not in ("flops", "params", "parallel")]
-    first = outcome.chosen == 0  # a sample chosen on validation was not projected
-    return Architecture(supernet=net.name, supernet_config=net.config,
-                        gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
-                        kept=kept_names(outcome.mask, net.gate_names), projected=outcome.found.projected and first,
-                        dropped=outcome.found.dropped if first else [],
-                        cost=all_costs(net, outcome.mask, extra, parallel_workers),
-                        budget=dict(zip(run.cost_names, search.limits)),
-                        full_cost=all_costs(net, net.full_mask(), extra, parallel_workers),
-                        metrics={**outcome.metrics, "epochs": epochs}, bsnet_version=bsnet.__version__)
-
-
-def write_run(run_dir: Path, run: SearchRun, outcome: Outcome, arch: Architecture) -> None:
-    """The found network's weights (live nodes only), the plots, then architecture.json, whose presence marks the
-    run as finished."""
-    from bsnet.export import export_module, save_weights
-    from bsnet.plots import plot_architecture, plot_search
-    save_weights(export_module(outcome.network, outcome.mask), arch, run_dir / "weights.safetensors")
-    plot_search(runs.read_metrics(run_dir / "metrics.jsonl"), arch.budget, run_dir / "search.png",
-                units={b.cost.name: b.cost.unit for b in run.search.budgets},
-                title=f"bsnet search: {arch.supernet or 'your model'}")
-    plot_architecture(run.net, outcome.mask, run.search.gates.probs().detach().cpu(), run_dir / "architecture.png")
-    arch.to_json(run_dir / "architecture.json")
-
-
 # ---- all of it, in a run directory ---------------------------------------------------------------------------
-def run_search(config: RunConfig, out: str | Path | None = None, *, model: nn.Module | None = None,
+def run_search(config: RunConfig, out: str | Path | None = None, *, model: ModelSource = None,
                resume: bool = False, overwrite: bool = False, progress: Progress = no_progress,
                warn: Callable[[str], None] = warnings.warn) -> tuple[Architecture, Path] | None:
     """Search as `config` says and write the run directory `out` (default: the next `runs/search-NNN`); with
-    `resume`, continue the run in `out` from its last intact checkpoint. Returns the architecture and the run
-    directory (None on the ranks > 0 of a torchrun group, which write nothing).
+    `resume`, continue the run in `out` from its last intact checkpoint (`config` must be the one it was started
+    with; its device may change). Returns the architecture and the run directory (None on the ranks > 0 of a
+    torchrun group, which write nothing).
 
     Raises:
         ConfigError, RunDirError, ValueError: bad configuration, or an occupied or missing run directory.
@@ -313,12 +234,15 @@ def run_search(config: RunConfig, out: str | Path | None = None, *, model: nn.Mo
         BudgetError: no connected architecture meets every budget.
     """
     run = build_run(config, model)
+    config = run.config
     main_rank = run.rank == 0
     prepared: Any = None  # only rank 0 writes; the others learn the directory (or rank 0's refusal) from it
     if main_rank:
         try:
             prepared = str(runs.prepare_run_dir(None if out is None else str(out), resume=resume, overwrite=overwrite))
-        except runs.RunDirError as e:
+            if resume:
+                _check_same_run(config, Path(prepared))
+        except (runs.RunDirError, ConfigError) as e:
             prepared = ("error", str(e))
     prepared = distributed.broadcast(prepared)
     if isinstance(prepared, tuple):
@@ -347,11 +271,21 @@ def run_search(config: RunConfig, out: str | Path | None = None, *, model: nn.Mo
     try:
         outcome = finish(run, config.finetune_epochs, select=config.select, temperature=config.select_temperature,
                          progress=progress)
-        arch = architecture(run, outcome, epochs=config.epochs, parallel_workers=config.parallel_workers)
+        arch = found_architecture(run, outcome, epochs=config.epochs, parallel_workers=config.parallel_workers)
         write_run(run_dir, run, outcome, arch)
     finally:
         distributed.teardown()
     return arch, run_dir
+
+
+def _check_same_run(config: RunConfig, run_dir: Path) -> None:
+    """A resumed run goes on as it was configured: any other setting but the device is refused, not ignored."""
+    recorded = RunConfig(**read_config_file(run_dir / "config.yaml")).to_dict()
+    now = yaml.safe_load(yaml.safe_dump(config.to_dict()))  # as config.yaml would hold it
+    for key, value in now.items():
+        if key != "device" and value != recorded[key]:
+            raise ConfigError(f"--resume continues the run as it was configured: {key} is {recorded[key]!r} in "
+                              f"its config.yaml, not {value!r} (start a new run to change it)")
 
 
 def _dump_rank_state(run: SearchRun) -> None:

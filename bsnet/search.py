@@ -6,7 +6,7 @@ multipliers λ are in `bsnet.multipliers` (adaptive λ by default, at the pace o
 pace let λ outrun the gates on small data sets and crush them); the found architecture and the candidates to choose
 among are in `bsnet.projection`.
 
-The trainer does no printing and no file I/O: the CLI and `bsnet.runs` do.
+The trainer does no printing and no file I/O: `bsnet.pipeline` runs it and writes the run.
 """
 from __future__ import annotations
 

@@ -57,3 +57,45 @@ def test_search_a_users_model_under_half_its_flops(tmp_path, capsys):
     assert main(["eval", str(out), "--model", model]) == 0
     report = json.loads((out / "eval.json").read_text())
     assert abs(report["flops"] - arch["cost"]["flops"]) <= 0.01 * arch["cost"]["flops"]
+
+
+class FlippedResNet(SmallResNet):
+    """A model with a layer torch.fx cannot trace (data-dependent control flow): it needs a leaf module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from tests.user_layers import Flip
+        self.stem.append(Flip())
+
+
+def flipped_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return FlippedResNet()
+
+
+def small_fabric() -> bsnet.SuperNetwork:
+    """A SuperNetwork factory: `--model` takes it in every command, search included."""
+    torch.manual_seed(0)
+    return bsnet.create_supernet("cnf", layers=3, channels=4, image_size=8, in_channels=1, num_classes=10)
+
+
+def test_a_model_that_needs_a_leaf_module_goes_through_every_command(tmp_path, capsys):
+    out, model = tmp_path / "run", "tests.test_cli_model:flipped_resnet"
+    args = ["search", "--model", model, "--budget", "60%", "--epochs", "1", "--finetune-epochs", "0"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Flip" in err and "leaf" in err
+    assert main([*args, "--leaf-modules", "tests.user_layers.Flip", "--out", str(out)]) == 0
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["supernet_config"]["leaf_modules"] == ["tests.user_layers.Flip"]
+    for command in (["export", str(out), "--format", "pt"], ["eval", str(out)],
+                    ["show", str(out), "--draw", str(tmp_path / "a.png")], ["train", str(out), "--epochs", "1"]):
+        assert main([*command, "--model", model]) == 0, command
+    assert (tmp_path / "a.png").exists() and (out / "final" / "result.json").exists()
+
+
+def test_model_means_the_same_in_search_a_supernetwork_factory(tmp_path):
+    out, model = tmp_path / "run", "tests.test_cli_model:small_fabric"
+    assert main(["search", "--model", model, "--epochs", "1", "--finetune-epochs", "0", "--out", str(out)]) == 0
+    assert main(["export", str(out), "--format", "pt", "--model", model]) == 0
+    assert json.loads((out / "architecture.json").read_text())["supernet"] == "cnf"

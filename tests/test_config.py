@@ -8,7 +8,8 @@ import yaml
 from rich.console import Console
 
 from bsnet.architecture import Architecture
-from bsnet.cli import make_parser, print_summary
+from bsnet.cli import make_parser
+from bsnet.tables import print_summary
 from bsnet.config import REMOVED_SEARCH_SETTINGS, ConfigError, RunConfig, resolve, resume_conflicts
 
 
@@ -30,7 +31,7 @@ def test_help_shows_the_defaults_of_every_command(command):
     parser = sub.choices[command]
     text = " ".join(parser.format_help().split())
     for action in parser._actions:
-        if action.default not in (None, False, [], "==SUPPRESS==") and action.option_strings and action.help:
+        if action.default not in (None, False, [], "==SUPPRESS==") and action.option_strings:
             assert f"(default: {action.default})" in text, (command, action.dest)
 
 

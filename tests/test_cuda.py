@@ -7,13 +7,13 @@ import torch
 import torch.distributed as dist
 
 import bsnet
-from bsnet import distributed
 from bsnet.budgets import parse_budget
 from bsnet.cli import main
 from bsnet.data import batches, load_dataset
 from bsnet.search import BudgetedSearch, SearchConfig
 from bsnet.train import accuracy
 from tests.cli_options import TINY
+from tests.test_distributed import one_rank_collectives
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -80,10 +80,4 @@ def test_latency_profile_on_cuda_feeds_a_latency_budget(tmp_path):
 def test_collectives_over_nccl_carry_cuda_tensors(tmp_path):
     # One rank is enough: nccl refuses a CPU tensor whatever the world size.
     torch.cuda.set_device(0)
-    dist.init_process_group("nccl", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    try:
-        assert distributed.sum_over_ranks([1.0, 2.5]) == [1.0, 2.5]
-        assert distributed.broadcast({"limits": [3.0]}) == {"limits": [3.0]}
-        distributed.barrier()
-    finally:
-        dist.destroy_process_group()
+    one_rank_collectives("nccl", tmp_path)

@@ -10,7 +10,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from bsnet import distributed
-ARGS = ["search", "--supernet-config", "layers=3", "channels=8", "--epochs", "2", "--finetune-epochs", "1"]
+from tests.cli_options import TINY
+
+ARGS = ["search", *TINY]
 
 
 def torchrun(out, state_dir, *extra, env=None):
@@ -54,13 +56,18 @@ def test_killed_distributed_run_resumes_to_the_same_state(tmp_path):
         (tmp_path / "cut-run" / "architecture.json").read_bytes()
 
 
-def test_collectives_with_one_gloo_rank_and_without_a_group(tmp_path):
-    assert distributed.sum_over_ranks([1.0, 2.5]) == [1.0, 2.5] and distributed.broadcast(3) == 3
-    distributed.barrier()  # no group: nothing to wait for
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+def one_rank_collectives(backend: str, tmp_path) -> None:
+    """bsnet's collective helpers in a one-process group of `backend` (nccl carries CUDA tensors only)."""
+    dist.init_process_group(backend, store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
         assert distributed.sum_over_ranks([1.0, 2.5]) == [1.0, 2.5]
         assert distributed.broadcast({"limits": [3.0]}) == {"limits": [3.0]}
         distributed.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def test_collectives_with_one_gloo_rank_and_without_a_group(tmp_path):
+    assert distributed.sum_over_ranks([1.0, 2.5]) == [1.0, 2.5] and distributed.broadcast(3) == 3
+    distributed.barrier()  # no group: nothing to wait for
+    one_rank_collectives("gloo", tmp_path)

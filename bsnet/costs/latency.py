@@ -89,7 +89,8 @@ class LatencyCost(AdditiveCost):
             raise ValueError(f"{path} is not a bsnet latency table (no 'nodes')")
         return cls(table)
 
-    def _table_for(self, net: SuperNetwork) -> dict[str, Any]:
+    def table_for(self, net: SuperNetwork) -> dict[str, Any]:
+        """The per-node table of `net`: the given one, checked to be of `net`, or measured once on this device."""
         if self.table is None:
             self.table = self._cached_measure(net)
         missing = [n for n in net.graph.order if n not in self.table["nodes"]]
@@ -119,7 +120,7 @@ class LatencyCost(AdditiveCost):
         return table
 
     def node_costs(self, net: SuperNetwork) -> torch.Tensor:
-        nodes = self._table_for(net)["nodes"]
+        nodes = self.table_for(net)["nodes"]
         return torch.tensor([float(nodes[n]) for n in net.graph.order], dtype=torch.float64)
 
 
