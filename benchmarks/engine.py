@@ -17,6 +17,10 @@ Figures, printed as `<supernet>.<name>=<value>` lines:
 * `grouped_ratio`: one grouped step with K=4 architectures (`grouped=True`, quarter batches) ÷ the sum of the
   4 single-architecture steps on the same quarter batches; one group per mask, each of 4 consecutive
   masks (rotating). Goal <= 1.05.
+* `width_overhead_ratio` (`resnet_fabric-width`: `resnet_fabric width_groups=4`, masks that keep every block and
+  skip and thin each block to a random subset of its channel groups): a step under the mask ÷ a step of the same
+  narrow network exported static (`bsnet.export_module`: each block's live groups one plain narrower layer pair).
+  Goal <= 1.15. `width_flops_scaling_ratio`: a step under the mask ÷ under the full mask. Goal <= 0.40.
 * `cuda_peak_ratio` (`--device cuda` only): peak GPU memory allocated during one training step under the mask ÷
   under the full mask (`torch.cuda.max_memory_allocated`, the weights, gradients and optimiser state included).
 
@@ -43,6 +47,8 @@ from torch import nn
 import bsnet
 
 GOALS = {"overhead_ratio": 1.10, "flops_scaling_ratio": 0.30, "memory_ratio": 0.40, "grouped_ratio": 1.05}
+WIDTH = "resnet_fabric-width"  # resnet_fabric width_groups=4: every block kept, thinned
+WIDTH_GOALS = {"width_overhead_ratio": 1.15, "width_flops_scaling_ratio": 0.40}
 LOW, HIGH = 0.22, 0.28  # live FLOPs fraction of the masks
 
 
@@ -75,6 +81,70 @@ def draw_masks(net: bsnet.SuperNetwork, count: int, gen: torch.Generator, max_tr
                 if len(masks) == count:
                     return masks, fracs
     raise RuntimeError(f"found only {len(masks)} of {count} masks in {max_tries} draws")
+
+
+def draw_thin_masks(net: bsnet.SuperNetwork, count: int, gen: torch.Generator, max_tries: int = 20000
+                    ) -> tuple[list[torch.Tensor], list[float]]:
+    """`count` distinct masks keeping every gate but the width groups', each width split keeping a random non-empty
+    subset of its groups (each kept with probability p, steered as in `draw_masks`), live FLOPs in [LOW, HIGH]."""
+    cost = bsnet.FlopsCost()
+    full = float(cost(net, net.full_mask()))
+    index = {g: i for i, g in enumerate(net.gate_names)}
+    splits = [[index[m] for m in s.groups] for s in net.graph.width_splits]
+    p, step = 0.5, 0.02
+    masks, fracs, seen = [], [], set()
+    for _ in range(max_tries):
+        m = net.full_mask()
+        for gates in splits:
+            keep = torch.rand(len(gates), generator=gen) < p
+            if not keep.any():
+                keep[int(torch.randint(len(gates), (1,), generator=gen))] = True
+            m[gates] = keep.float()
+        frac = float(cost(net, m)) / full
+        p = min(p + step, 0.99) if frac < (LOW + HIGH) / 2 else max(p - step, 0.01)
+        key = tuple(m.tolist())
+        if LOW <= frac <= HIGH and key not in seen:
+            seen.add(key)
+            masks.append(m)
+            fracs.append(frac)
+            if len(masks) == count:
+                return masks, fracs
+    raise RuntimeError(f"found only {len(masks)} of {count} masks in {max_tries} draws")
+
+
+def bench_width(args: argparse.Namespace, emit: Callable[[str, object], None]) -> dict[str, float]:
+    """The width figures: live groups fused under the mask against the exported narrow network, and the full one."""
+    torch.manual_seed(args.seed)
+    net = bsnet.create_supernet("resnet_fabric", width_groups=4).train()
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.batch_size, *net.input_shape)
+    y = torch.randint(0, 10, (args.batch_size,))
+    masks, fracs = draw_thin_masks(net, args.masks, gen)
+    emit("mask_flops_fractions", ",".join(f"{f:.3f}" for f in fracs))
+    net, x, y = net.to(args.device), x.to(args.device), y.to(args.device)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    full = net.full_mask()
+    overhead, scaling, static_scaling = [], [], []
+    for m in masks:
+        static = bsnet.export_module(net, m).train()  # its own copies of the weights, the live groups fused
+        opt_static = torch.optim.SGD(static.parameters(), lr=1e-3, momentum=0.9)
+        t_live, t_static, t_full = time_steps(
+            [lambda m=m: train_step(lambda v: net(v, m), opt, x, y),
+             lambda s=static, o=opt_static: train_step(s, o, x, y),
+             lambda: train_step(lambda v: net(v, full), opt, x, y)], args.warmup, args.repeats)
+        overhead.append(t_live / t_static)
+        scaling.append(t_live / t_full)
+        static_scaling.append(t_static / t_full)
+    med = statistics.median
+    results = {"width_overhead_ratio": med(overhead), "width_flops_scaling_ratio": med(scaling)}
+    # what the narrow network itself takes, exported static, against the full one: the floor of the scaling ratio
+    for key, values in (("width_overhead_ratio", overhead), ("width_flops_scaling_ratio", scaling),
+                        ("width_static_scaling_ratio", static_scaling)):
+        emit(key, f"{med(values):.3f}")
+        emit(key + ".per_mask", ",".join(f"{v:.3f}" for v in values))
+    for key, goal in WIDTH_GOALS.items():
+        print(f"{WIDTH}.{key}.goal=<={goal:.2f} met={'yes' if results[key] <= goal else 'no'}", flush=True)
+    return results
 
 
 # ---- the static network --------------------------------------------------------------------------------
@@ -283,7 +353,7 @@ def busy_jiffies() -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--supernets", nargs="+", default=["cnf", "resnet_fabric"])
+    parser.add_argument("--supernets", nargs="+", default=["cnf", "resnet_fabric", WIDTH])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--masks", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per measurement (median taken)")
@@ -312,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         def emit(key: str, value: object, _name: str = name) -> None:
             print(f"{_name}.{key}={value}", flush=True)
 
-        bench(name, args, emit)
+        bench_width(args, emit) if name == WIDTH else bench(name, args, emit)
         emit_load(emit, t1, c1, b1)
     print(f"total_s={time.perf_counter() - t0:.1f}", flush=True)
     return 0

@@ -6,25 +6,26 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bsnet.config import ConfigError, RunConfig, key_values, read_config_file, resolve, resume_conflicts
+from bsnet.parser import UsageError, check_output_file, make_parser, parse
 from bsnet.tables import eval_table, print_summary, show_lines
 
 EXIT_USAGE, EXIT_BUDGET, EXIT_DIVERGED = 2, 3, 4
 CLI_EXTRAS = ("rich", "matplotlib", "sklearn", "PIL")  # bsnet[cli]
 
 
-class UsageError(ValueError):
-    """Bad input from the user: reported as one line, exit code 2."""
-
-
 def _device(name: str) -> Any:
     import torch
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but CUDA is not available on this machine")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 
@@ -63,6 +64,22 @@ def _given_options(args: argparse.Namespace) -> dict[str, Any]:
     given["supernet_config"] = key_values(args.supernet_config, "--supernet-config") or None
     given["search_config"] = key_values(args.search_config, "--search-config") or None
     return given
+
+
+def _new_config(args: argparse.Namespace) -> RunConfig:
+    """A new run's configuration: the defaults, then the --config file, then the options. Code that the file names
+    (a model, a cost of the user's) is imported only when the command line names it too: a file may come from anyone."""
+    config = resolve(read_config_file(args.config) if args.config else {}, _given_options(args))
+    table = config.latency_table and Path(config.latency_table)
+    if table and not table.is_file():  # before any data is read or any network built
+        raise UsageError(f"latency table {table} {'is a folder' if table.is_dir() else 'does not exist'} (make one "
+                         "with `bsnet profile`)")
+    from_file = [c for c in config.code() if not args.model and c.startswith("--model")
+                 or args.budget is None and c.startswith("--budget")]
+    if from_file:
+        raise UsageError(f"{args.config} names code to import ({', '.join(from_file)}): bsnet runs code only when the "
+                         f"command line names it, so pass {' '.join(from_file)} to run it")
+    return config
 
 
 def _resumed_config(args: argparse.Namespace) -> RunConfig:
@@ -106,13 +123,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from bsnet.pipeline import run_search
     from bsnet.search import BudgetError, NonFiniteLossError
 
-    if args.resume and args.out and (Path(args.out) / "architecture.json").exists():
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out DIR: the run to continue")
+    if args.resume and (Path(args.out) / "architecture.json").exists():
         print(f"{args.out} has already finished: nothing to resume (its results are in {args.out}/architecture.json)")
         return 0
-    if args.resume:
-        config = _resumed_config(args)
-    else:
-        config = resolve(read_config_file(args.config) if args.config else {}, _given_options(args))
+    config = _resumed_config(args) if args.resume else _new_config(args)
     _device(config.device)
     model = _model_factory(config.model)  # called once the run is seeded
     progress, bars = _progress_bars(Console(stderr=True), os.environ.get("RANK", "0") == "0")  # torchrun
@@ -149,16 +165,24 @@ def _run_data(cfg: RunConfig, args: argparse.Namespace) -> Any:
                         seed=cfg.seed)
 
 
+def _check_fits(data: Any, net: Any) -> None:
+    """The data set is one the found network can take (a data set of another task would fail deep inside it)."""
+    data.check_fits(net.input_shape, net.profile[net.graph.output].out_shape, "the found network")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from bsnet.export import FORMATS, export_file
+    from bsnet import rundir
+    from bsnet.export import FORMATS, export_file, export_paths
     from bsnet.export.load import load_with_info
     run, _ = _open_run(args.run_dir)
     model = _user_model(args.model)
-    module, arch, which = load_with_info(run, model)
     stem = "found_network" if args.format == "python" else "model"  # the python format writes its own weights
     out = Path(args.out) if args.out else run / "export" / (stem + FORMATS[args.format])
-    shape = tuple(arch.supernet_network(model).input_shape) if args.format == "onnx" else None
-    export_file(module, arch, args.format, out, shape)
+    files = export_paths(args.format, out, protect=run)  # checked before the run records them as its own
+    with rundir.writing(run, *files):  # the run's lock, when writing into the run
+        module, arch, which = load_with_info(run, model)
+        shape = tuple(arch.supernet_network(model).input_shape) if args.format == "onnx" else None
+        export_file(module, arch, args.format, out, shape, protect=run)
     extra = f" (weights: {out.with_suffix('.safetensors').name})" if args.format == "python" else ""
     print(f"exported the found network with its {which} weights to {out}{extra}")
     return 0
@@ -180,12 +204,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     seed = cfg.seed if args.seed is None else args.seed
     if not args.finetune:
         reset_parameters(module, seed)
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size or cfg.batch_size,
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=cfg.batch_size if args.batch_size is None else args.batch_size,
                        lr=args.lr if args.lr is not None else (0.1 if not args.finetune else 0.02),
                        schedule=args.schedule, seed=seed)
+    net = arch.supernet_network(model)
+    _check_fits(data, net)
     progress, bars = _progress_bars(Console(stderr=True), True)
     with bars:
-        result = retrain(run, module, arch, arch.supernet_network(model), data, tcfg, finetune=args.finetune,
+        result = retrain(run, module, arch, net, data, tcfg, finetune=args.finetune,
                          device=_device(args.device), parallel_workers=cfg.parallel_workers,
                          overwrite=args.overwrite, progress=progress)
     print(f"trained the found network {'from its search weights' if args.finetune else 'from scratch'} for "
@@ -196,17 +222,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from bsnet import rundir
+    from bsnet.architecture import Architecture
     from bsnet.export.load import load_with_info
     from bsnet.retrain import measure
     from bsnet.runs import atomic_write_text
     run, cfg = _open_run(args.run_dir)
     data = _run_data(cfg, args)
     model = _user_model(args.model)
-    module, arch, which = load_with_info(run, model)
-    net = arch.supernet_network(model)
-    report = {"weights": which, **measure(module, net, arch.mask(net.gate_names), data, batch_size=args.batch_size,
-                                          parallel_workers=cfg.parallel_workers)}
-    atomic_write_text(run / "eval.json", json.dumps(report, indent=1))
+    net = Architecture.from_json(run).supernet_network(model)
+    _check_fits(data, net)
+    with rundir.writing(run, run / "eval.json"):  # the run's lock
+        module, arch, which = load_with_info(run, model)
+        report = {"weights": which, **measure(module, net, arch.mask(net.gate_names), data,
+                                              batch_size=args.batch_size, parallel_workers=cfg.parallel_workers)}
+        atomic_write_text(run / "eval.json", json.dumps(report, indent=1))
     Console().print(eval_table(report, arch, which, data.task))
     print(f"weights: {which} ({'retrained, final/' if which == 'final' else 'from the search, fine-tuned'}); "
           f"written to {run / 'eval.json'}")
@@ -219,6 +249,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from bsnet.architecture import Architecture
     run, _ = _open_run(args.run_dir)
     arch = Architecture.from_json(run)
+    if args.draw:
+        check_output_file("--draw", args.draw, (".png", ".pdf", ".svg"))
     con = Console()
     for line in show_lines(arch):
         con.print(line)
@@ -234,18 +266,33 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 # ---- bsnet sweep ----------------------------------------------------------------------------------------------
+def _check_sweep(args: argparse.Namespace, budgets: list[str]) -> None:
+    """Every run of the sweep configured as `bsnet search` would be, before any starts: a bad search option is one
+    error now, not the failure of every run."""
+    from bsnet.sweep import run_dir_name
+    if not budgets:
+        raise UsageError("--budgets takes a comma-separated list, e.g. 10%,20%,40%")
+    names = [run_dir_name(b) for b in budgets]
+    twice = sorted({b for b, n in zip(budgets, names) if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--budgets names a budget twice: {', '.join(twice)}")
+    try:
+        search = make_parser().parse_args(["search", *args.search_args])
+    except UsageError as e:
+        raise UsageError(f"the sweep's search options: {e}") from None
+    if search.out is not None or search.resume:
+        raise UsageError("the sweep chooses each run's --out under its own --out; drop --out/--resume from the "
+                         "search options")
+    given = list(search.budget or [])
+    for b in budgets:
+        search.budget = [*given, f"{args.sweep_cost}={b}"]
+        _new_config(search)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bsnet.sweep import run_sweep
     budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
-    if not budgets:
-        raise UsageError("--budgets takes a comma-separated list, e.g. 10%,20%,40%")
-    if "--out" in args.search_args or "--resume" in args.search_args:
-        raise UsageError("the sweep chooses each run's --out under its own --out; drop --out/--resume from the "
-                         "search options")
-    from bsnet.budgets import parse_value
-    for b in budgets:
-        if parse_value(b)[0] <= 0:
-            raise UsageError(f"budget {b!r} must be positive")
+    _check_sweep(args, budgets)
     runs = run_sweep(budgets, Path(args.out), args.search_args, cost=args.sweep_cost, workers=args.workers,
                      engine=args.engine, train_epochs=args.train_epochs)
     for r in runs:
@@ -264,10 +311,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     import bsnet
     from bsnet.costs.latency import measure_latency
     from bsnet.runs import atomic_write_text
+    check_output_file("--out", args.out, (".json",))
     net = bsnet.create_supernet(args.supernet, **key_values(args.supernet_config, "--supernet-config"))
-    dtype = getattr(torch, args.dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise UsageError(f"unknown dtype {args.dtype!r}")
+    dtype = getattr(torch, args.dtype)  # one of the parser's choices
     device = _device(args.device)
     table = measure_latency(net.to(device), device=device, batch_size=args.batch_size, dtype=dtype,
                             min_run_time=args.min_run_time)
@@ -279,148 +325,53 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- parser -------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as every other usage error
-        self.exit(EXIT_USAGE, f"bsnet: error: {message}\n")
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "search": cmd_search, "profile": cmd_profile, "sweep": cmd_sweep, "export": cmd_export, "train": cmd_train,
+    "eval": cmd_eval, "show": cmd_show}
 
 
-class _Help(argparse.HelpFormatter):
-    """Every option's default in its help, where it has one worth showing."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" not in text and action.default not in (None, False, [], argparse.SUPPRESS):
-            text += " (default: %(default)s)"
-        return text
+def _error(message: object) -> int:
+    """`message` on one line of stderr (a message that quotes a file or the user's code may hold line breaks)."""
+    print("bsnet: error: " + re.sub(r"\s*[\r\n]+\s*", " ", str(message).strip()), file=sys.stderr)
+    return EXIT_USAGE
 
 
-def _shown(value: Any) -> str:
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    return "%.4g" % value if isinstance(value, float) else str(value)
+def _show_warning(show: Callable[..., None]) -> Callable[..., None]:
+    """`warnings.showwarning` that prints bsnet's own warnings (a budget that constrains nothing) as one line."""
+    from bsnet.budgets import BudgetWarning
 
-
-def _add_run_options(s: argparse.ArgumentParser) -> None:
-    """`bsnet search`'s run options, one per RunConfig field: None when not given, so that the config file and
-    the defaults fill in what the command line leaves out."""
-    defaults = RunConfig()
-    for f in dataclasses.fields(RunConfig):
-        default = getattr(defaults, f.name)
-        text = f.metadata["help"].replace("%", "%%")
-        if default not in (None, [], {}) and "default" not in text:
-            text += f" (default: {_shown(default)})".replace("%", "%%")
-        kw: dict[str, Any] = {"help": text, "metavar": f.metadata.get("metavar")}
-        base = f.type.removesuffix(" | None")
-        if base in ("int", "float"):
-            kw["type"] = int if base == "int" else float
-        elif base == "list[str]":
-            kw["action"] = "append"
-            kw["help"] += " (repeat)"
-        elif base == "list[int]":
-            kw["type"] = lambda v: [int(d) for d in v.split(",")]
-        elif base == "dict[str, Any]":
-            kw["nargs"] = "*"
-        s.add_argument("--" + f.name.replace("_", "-"), **kw)
-
-
-def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bsnet", description="Budgeted super networks: architecture and weights under a cost budget.",
-                formatter_class=_Help)
-    p.add_argument("--version", action="version", version=f"bsnet {__import__('bsnet').__version__}")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    add = lambda name, **kw: sub.add_parser(name, formatter_class=_Help, **kw)  # noqa: E731
-    s = add("search", help="search an architecture under budgets (default: digits, cnf, 30%% FLOPs)")
-    s.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (a run's config.yaml reruns it)")
-    _add_run_options(s)
-    s.add_argument("--out", help="run directory (default: a new runs/search-NNN)")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    s.set_defaults(func=cmd_search)
-    pr = add("profile", help="measure a per-node latency table on this machine")
-    pr.add_argument("--supernet", required=True, help="registered super network")
-    pr.add_argument("--supernet-config", nargs="*", metavar="KEY=VALUE", help="its settings")
-    pr.add_argument("--batch-size", type=int, default=1, help="batch size of the measurement")
-    pr.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
-    pr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    pr.add_argument("--min-run-time", type=float, default=0.05, help="seconds of timing per node")
-    pr.add_argument("--out", required=True, help="the table to write (JSON)")
-    pr.set_defaults(func=cmd_profile)
-    sw = add("sweep", help="one search per budget, in parallel worker processes or on a Ray cluster; other options "
-                           "go to each `bsnet search`")
-    sw.add_argument("--budgets", required=True, help="comma-separated budgets of the swept cost, e.g. 10%%,20%%,40%%")
-    sw.add_argument("--sweep-cost", default="flops", help="the swept cost")
-    sw.add_argument("--workers", type=int, default=1, help="searches run at once (local engine)")
-    sw.add_argument("--engine", choices=("local", "ray"), default="local",
-                    help="local worker processes, or tasks on the Ray cluster RAY_ADDRESS names")
-    sw.add_argument("--train-epochs", type=int, default=0, help="then `bsnet train` each found network")
-    sw.add_argument("--out", required=True, help="the sweep's folder: one run directory per budget")
-    sw.set_defaults(func=cmd_sweep, search_args=[])
-    model_help = "package.module:factory of your model, as given to `bsnet search --model` (never read from the run)"
-    e = add("export", help="export a run's found network: pt (safetensors), onnx or python")
-    e.add_argument("run_dir", help="a finished search run")
-    e.add_argument("--format", choices=("pt", "onnx", "python"), default="pt",
-                   help="pt: safetensors; onnx: checked with ONNX Runtime; python: readable source and its weights")
-    e.add_argument("--out", help="output file (default: RUN_DIR/export/model.*)")
-    e.add_argument("--model", help=model_help)
-    e.set_defaults(func=cmd_export)
-    t = add("train", help="retrain the found network; writes RUN_DIR/final/")
-    t.add_argument("run_dir", help="a finished search run")
-    t.add_argument("--epochs", type=int, default=10, help="training epochs")
-    mode = t.add_mutually_exclusive_group()
-    mode.add_argument("--from-scratch", dest="finetune", action="store_false", help="fresh weights (the default)")
-    mode.add_argument("--finetune", dest="finetune", action="store_true", help="start from the search weights")
-    t.add_argument("--lr", type=float, help="learning rate (default: 0.1 from scratch, 0.02 to fine-tune)")
-    t.add_argument("--batch-size", type=int, help="(default: the search's)")
-    t.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
-                   help="cosine, or step: x0.1 at 50%% and 75%% of the epochs")
-    t.add_argument("--seed", type=int, help="(default: the search's)")
-    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    t.add_argument("--dataset", help="(default: the search's)")
-    t.add_argument("--data-dir", help="(default: the search's)")
-    t.add_argument("--model", help=model_help)
-    t.add_argument("--overwrite", action="store_true", help="replace an earlier training's final/")
-    t.set_defaults(func=cmd_train, finetune=False)
-    ev = add("eval", help="accuracy and every cost of the exported network, measured on it")
-    ev.add_argument("run_dir", help="a finished search run")
-    ev.add_argument("--dataset", help="(default: the search's)")
-    ev.add_argument("--data-dir", help="(default: the search's)")
-    ev.add_argument("--batch-size", type=int, default=1, help="batch size of the latency measurement")
-    ev.add_argument("--model", help=model_help)
-    ev.set_defaults(func=cmd_eval)
-    sh = add("show", help="print a run's architecture summary; --draw writes the drawing")
-    sh.add_argument("run_dir", help="a finished search run")
-    sh.add_argument("--draw", metavar="PNG", help="write the architecture's drawing there")
-    sh.add_argument("--model", help=model_help)
-    sh.set_defaults(func=cmd_show)
-    return p
+    def shown(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        if issubclass(category, BudgetWarning):
+            print(f"bsnet: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **kw)
+    return shown
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        argv = ["search"]  # `bsnet` alone runs the embedded demo
-    if argv[0] == "sweep":  # the options it does not know are each search's own
-        args, rest = make_parser().parse_known_args(argv)
-        args.search_args = rest
-    else:
-        args = make_parser().parse_args(argv)
-    if args.command is None:
-        args = make_parser().parse_args(["search", *argv])
+    from bsnet.budgets import BudgetWarning
     from bsnet.runs import RunDirError
-    try:
-        return args.func(args)
-    except (UsageError, ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
-        print(f"bsnet: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ModuleNotFoundError as e:
-        if e.name in CLI_EXTRAS:  # a core-only install
-            print(f"bsnet: error: the command line needs {e.name}: pip install 'bsnet[cli]'", file=sys.stderr)
-            return EXIT_USAGE
-        raise
-    except OSError as e:  # a path that cannot be written or read (permissions, a directory for a file, a full disk)
-        print(f"bsnet: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("bsnet: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", BudgetWarning)
+        warnings.showwarning = _show_warning(warnings.showwarning)
+        try:
+            args = parse(list(sys.argv[1:] if argv is None else argv))
+            return COMMANDS[args.command](args)
+        except (UsageError, ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
+            return _error(e)
+        except ModuleNotFoundError as e:
+            if e.name in CLI_EXTRAS:  # a core-only install
+                return _error(f"the command line needs {e.name}: pip install 'bsnet[cli]'")
+            raise
+        except OSError as e:  # a path that cannot be written or read (permissions, a folder for a file, a full disk)
+            return _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}")
+        except (MemoryError, RuntimeError) as e:
+            asked = re.search(r"[Tt]ried to allocate (?:([0-9]+) bytes|([0-9.]+ ?[KMGT]i?B))", str(e))
+            if not (isinstance(e, MemoryError) or asked or type(e).__name__ == "OutOfMemoryError"):
+                raise  # a bug, not the user's input: its traceback is the report
+            size = (f"{int(asked[1]) / 2**30:.3g} GiB" if asked[1] else asked[2]) if asked else ""
+            return _error(f"out of memory{f' ({size} asked for at once)' if size else ''}: a smaller super network "
+                          "(--supernet-config), model or --batch-size")
+        except KeyboardInterrupt:
+            print("bsnet: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+            return 130

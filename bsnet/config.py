@@ -2,12 +2,16 @@
 
 The command line's options, the YAML file (`--config`, a run's `config.yaml`), the check that `--resume` does not
 change a run, and the defaults are all derived from this dataclass: an option is added here and nowhere else.
+A RunConfig is checked as it is built (types, finite numbers, ranges, registered names, the budgets' form, the super
+network's and the search's settings), so that a bad value is one `ConfigError` line before any work starts; a file
+is data, and nothing it names is imported here.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -60,6 +64,9 @@ class RunConfig:
     device: str = _option("cpu", "cpu, cuda or cuda:N")
     search_config: dict[str, Any] = _option({}, "search settings (bsnet.search.SearchConfig), e.g. "
                                                 "lambda_mode=fixed fixed_lambda=1e-7", metavar="KEY=VALUE")
+    width_groups: int | None = _option(None, "channel groups of each split layer pair, each a gated branch (1: no "
+                                             "width gates); for a fabric the same as --supernet-config "
+                                             "width_groups=N", metavar="N")
     model: str | None = _option(None, "package.module:factory returning your own model (a torch module or a bsnet "
                                       "SuperNetwork); recorded, never imported from a run", metavar="PKG.MOD:FACTORY")
     leaf_modules: list[str] = _option([], "layers of your model that tracing keeps whole: class names "
@@ -71,21 +78,97 @@ class RunConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f.name, getattr(self, f.name), f.type))
         if self.epochs < 1 or self.batch_size < 1 or self.finetune_epochs < 0:
-            raise ConfigError("epochs and batch_size must be >= 1, finetune_epochs >= 0")
+            raise ConfigError(f"epochs and batch_size must be >= 1, finetune_epochs >= 0, got {self.epochs}, "
+                              f"{self.batch_size}, {self.finetune_epochs}")
         if self.select < 1:
             raise ConfigError(f"select must be an integer >= 1, got {self.select!r}")
-        if not (self.select_temperature > 0 and math.isfinite(self.select_temperature)):
+        if not self.select_temperature > 0:
             raise ConfigError(f"select_temperature must be a number > 0, got {self.select_temperature!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if self.val_size is not None and not (0 < self.val_size < 1 or self.val_size >= 1
+                                              and self.val_size.is_integer()):
+            raise ConfigError(f"val_size must be a fraction in (0, 1) or a whole count >= 1, got {self.val_size!r}")
         if self.parallel_workers is not None and self.parallel_workers < 1:
             raise ConfigError(f"parallel_workers must be an integer >= 1, got {self.parallel_workers!r}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ConfigError(f"input_shape must be positive sizes like 3,32,32, got {self.input_shape!r}")
+        if self.model is not None and not _CODE.fullmatch(self.model):
+            raise ConfigError(f"model must be package.module:factory, got {self.model!r}")
         self.search_config = _without_removed(self.search_config)
+        self._merge_width_groups()
+        _check_parts(self)
+
+    def _merge_width_groups(self) -> None:
+        """`width_groups` means one thing: for a fabric it is its `width_groups` setting, written there too."""
+        if self.width_groups is None:
+            return
+        if self.width_groups < 1:
+            raise ConfigError(f"width_groups must be an integer >= 1, got {self.width_groups!r}")
+        if self.model is not None:
+            if self.width_groups > 1:
+                raise ConfigError("width_groups > 1 with a model of your own is not supported yet: bsnet.from_model "
+                                  "gates its residual branches only")
+            return
+        from bsnet.fabrics.registry import supernet_config
+        try:
+            fields = {f.name for f in dataclasses.fields(supernet_config(self.supernet))}
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if "width_groups" not in fields:
+            if self.width_groups > 1:
+                raise ConfigError(f"super network {self.supernet} has no width groups (its layers form no pairs to "
+                                  "split); resnet_fabric has")
+            return
+        given = self.supernet_config.get("width_groups", self.width_groups)
+        if given != self.width_groups:
+            raise ConfigError(f"width_groups {self.width_groups} and supernet_config width_groups={given} disagree")
+        self.supernet_config = {**self.supernet_config, "width_groups": self.width_groups}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def code(self) -> list[str]:
+        """The code this configuration names, to be imported when it runs: `--model` and budgets of the user's own
+        costs, as the command line would give them."""
+        return ([f"--model {self.model}"] if self.model else []) + [f"--budget {b}" for b in self.budget
+                                                                    if ":" in b.rpartition("=")[0]]
+
+
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+_CODE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")  # package.module:name
+
+
+def _check_parts(config: RunConfig) -> None:
+    """The names and settings a RunConfig holds, checked against the registries and the settings' own checks, so
+    that a bad one is refused before any data is read or any network built."""
+    from bsnet.budgets import check_budget
+    from bsnet.data import list_datasets
+    from bsnet.fabrics import supernet_config
+    from bsnet.search import SearchConfig
+    if config.dataset not in list_datasets():
+        raise ConfigError(f"unknown dataset {config.dataset!r} (known: {', '.join(list_datasets())})")
+    if config.model is None:
+        given = [o for o, v in (("leaf_modules", config.leaf_modules), ("input_shape", config.input_shape)) if v]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to a model of your own that bsnet converts (--model "
+                              "returning a torch module), not to a super network")
+        try:
+            supernet_config(config.supernet, **config.supernet_config)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+    try:
+        costs = [check_budget(b) for b in config.budget]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if len(set(costs)) != len(costs):
+        raise ConfigError(f"one budget per cost, got {', '.join(config.budget)}")
+    search = typed(SearchConfig, {"seed": config.seed, **config.search_config}, "search")
+    if search.sampling == "grouped" and 2 * search.groups > config.batch_size:
+        raise ConfigError(f"search setting groups={search.groups} needs batches of at least {2 * search.groups} "
+                          f"examples (2 per group), but batch_size is {config.batch_size}")
 
 
 def _checked(name: str, value: Any, kind: str) -> Any:
@@ -100,15 +183,16 @@ def _checked(name: str, value: Any, kind: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
     elif base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
         value = float(value)
     elif base == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
     elif base == "list[str]":
         value = [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
-        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                                  and str(v).strip() for v in value):
             raise ConfigError(f"{name} must be a list like {'[30%, params=1.2M]' if name == 'budget' else '[a, b]'}, "
                               f"got {value!r}")
         value = [str(v) for v in value]
@@ -116,8 +200,8 @@ def _checked(name: str, value: Any, kind: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{name} must be a list of integers, got {value!r}")
     elif base == "dict[str, Any]":
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{name} must be a mapping of setting: value, got {value!r}")
     return value
 
 
@@ -141,7 +225,11 @@ def key_values(items: Sequence[str] | None, option: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{option} takes KEY=VALUE, got {item!r}")
-        parsed = yaml.safe_load(value)
+        try:
+            parsed = yaml.safe_load(value)
+        except (yaml.YAMLError, RecursionError):
+            raise ConfigError(f"{option} {item!r}: the value is not valid YAML (quote a string, write a list as "
+                              "[1, 2])") from None
         if isinstance(parsed, str):  # YAML reads 1e30 as a string
             try:
                 parsed = float(parsed)
@@ -161,7 +249,7 @@ def typed(config_cls: type, values: Mapping[str, Any], what: str) -> Any:
         default = fields[key].default
         kind = type(default) if default is not dataclasses.MISSING and default is not None else None
         if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if kind is int and float(value) != int(value):
+            if kind is int and not (math.isfinite(value) and float(value).is_integer()):
                 raise ConfigError(f"{what} setting {key} must be an integer, got {value!r}")
             value = kind(value)
         elif kind is not None and not isinstance(value, kind):
@@ -178,12 +266,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a text file (YAML)") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply to be a bsnet config") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"config {path} must be a mapping of option: value")
-    unknown = sorted(set(doc) - {f.name for f in dataclasses.fields(RunConfig)})
+    unknown = sorted(map(str, set(doc) - {f.name for f in dataclasses.fields(RunConfig)}))
     if unknown:
         raise ConfigError(f"unknown key(s) in {path}: {', '.join(map(str, unknown))}")
     return doc

@@ -4,6 +4,10 @@ The graph holds structure only (no modules, no tensors of weights). A mask is a 
 edges; an edge is *kept* if it is fixed or its gate is 1. A node is *live* when it is reachable from the
 input through kept edges and reaches the output through kept edges: only live nodes cost anything and
 only they are computed.
+
+A width split (`add_width_split`) declares nodes that are the channel groups of one layer pair (bsnet.width): fed by
+one source, summed at one node. They stay ordinary gated nodes for liveness and costs; the network runs a pair's live
+groups as one layer.
 """
 from __future__ import annotations
 
@@ -32,6 +36,16 @@ class Edge:
 
 
 @dataclass(frozen=True)
+class WidthSplit:
+    """The channel groups of one layer pair: nodes fed by `source` alone and summed at `merge` alone."""
+
+    name: str
+    groups: tuple[str, ...]
+    source: str
+    merge: str
+
+
+@dataclass(frozen=True)
 class _Layout:
     """What freezing computes once, for every query: edges sorted by their destination's position so that one pass
     in order propagates reachability, and the same edges as index arrays."""
@@ -43,6 +57,8 @@ class _Layout:
     src: np.ndarray  # [E] position of each edge's source in `order`
     dst: np.ndarray  # [E] position of each edge's destination
     gate: np.ndarray  # [E] each edge's gate, -1 for a fixed edge
+    splits: dict[str, WidthSplit]  # by name
+    split_of: dict[str, WidthSplit]  # by group node
 
 
 class Graph:
@@ -59,6 +75,7 @@ class Graph:
         self._nodes: dict[str, Node] = {}
         self._edges: list[Edge] = []
         self._gate_names: list[str] = []
+        self._splits: dict[str, tuple[str, ...]] = {}
         self._layout: _Layout | None = None
 
     def __repr__(self) -> str:
@@ -108,6 +125,27 @@ class Graph:
             self._gate_names.append(gate)
         self._edges.append(Edge(src, dst, index))
 
+    def add_width_split(self, name: str, groups: Sequence[str]) -> str:
+        """Declare `groups` as the channel groups of one layer pair (see bsnet.width), named `name` (not a node).
+
+        Each group node must have exactly one incoming edge, all from the same source, and exactly one outgoing edge,
+        all to the same summing node; gates on those edges switch the groups like any other gated edge. This is
+        checked when the graph is frozen (edges may be added after this call).
+        """
+        self._check_mutable()
+        groups = tuple(groups)
+        if name in self._splits:
+            raise ValueError(f"duplicate width split name {name!r}")
+        if not groups or len(set(groups)) != len(groups):
+            raise ValueError(f"width split {name!r}: give one or more distinct group nodes")
+        for n in groups:
+            if n not in self._nodes:
+                raise ValueError(f"width split {name!r}: unknown node {n!r}")
+            if any(n in other for other in self._splits.values()):
+                raise ValueError(f"width split {name!r}: node {n!r} is already a group of another split")
+        self._splits[name] = groups
+        return name
+
     def freeze(self) -> "Graph":
         """Fix the structure: check it and compute the topological order used by everything else."""
         if self._layout is None:
@@ -138,12 +176,31 @@ class Graph:
             raise ValueError("the graph has a cycle")
         index = {n: i for i, n in enumerate(order)}
         edges = sorted(self._edges, key=lambda e: (index[e.dst], index[e.src]))
+        splits = {name: self._check_split(name, groups) for name, groups in self._splits.items()}
         return _Layout(
             order=order, index=index, edges=edges,
             in_edges={n: [i for i, e in enumerate(edges) if e.dst == n] for n in order},
             src=np.array([index[e.src] for e in edges], dtype=np.int64),
             dst=np.array([index[e.dst] for e in edges], dtype=np.int64),
-            gate=np.array([-1 if e.gate is None else e.gate for e in edges], dtype=np.int64))
+            gate=np.array([-1 if e.gate is None else e.gate for e in edges], dtype=np.int64),
+            splits=splits, split_of={n: s for s in splits.values() for n in s.groups})
+
+    def _check_split(self, name: str, groups: tuple[str, ...]) -> WidthSplit:
+        """The split's source and summing node, checked: the network runs its groups as one layer pair, which
+        must read one value and whose outputs only a sum reads."""
+        if name in self._nodes:
+            raise ValueError(f"width split {name!r} has the name of a node")
+        ins = {n: [e.src for e in self._edges if e.dst == n] for n in groups}
+        outs = {n: [e.dst for e in self._edges if e.src == n] for n in groups}
+        if any(len(v) != 1 for v in (*ins.values(), *outs.values())) or {self._input, self._output} & set(groups):
+            raise ValueError(f"width split {name!r}: each group needs exactly one incoming and one outgoing edge")
+        sources, merges = {v[0] for v in ins.values()}, {v[0] for v in outs.values()}
+        if len(sources) != 1 or len(merges) != 1:
+            raise ValueError(f"width split {name!r}: its groups must share one source and one summing node")
+        merge = merges.pop()
+        if self._nodes[merge].combine != "sum":
+            raise ValueError(f"width split {name!r}: its groups must meet at a summing node, not at {merge!r}")
+        return WidthSplit(name, groups, sources.pop(), merge)
 
     @property
     def _lay(self) -> _Layout:
@@ -189,6 +246,15 @@ class Graph:
 
     def index(self, name: str) -> int:
         return self._lay.index[name]
+
+    @property
+    def width_splits(self) -> list[WidthSplit]:
+        """The declared width splits (`add_width_split`), with their source and summing nodes."""
+        return list(self._lay.splits.values())
+
+    def width_split(self, node: str) -> WidthSplit | None:
+        """The width split that `node` is a group of, if any."""
+        return self._lay.split_of.get(node)
 
     def in_edges(self, name: str) -> list[Edge]:
         lay = self._lay

@@ -17,6 +17,7 @@ from bsnet.data import batches
 from bsnet.projection import Found
 from bsnet.supernet import SuperNetwork
 from bsnet.train import accuracy, finetune, mean_iou, recalibrate_bn
+from bsnet.width import kept_widths
 
 if TYPE_CHECKING:
     from bsnet.pipeline import Progress, SearchRun
@@ -115,7 +116,8 @@ def found_architecture(run: SearchRun, outcome: Outcome, *, epochs: int, paralle
                         cost=all_costs(net, outcome.mask, extra, parallel_workers),
                         budget=dict(zip(run.cost_names, search.limits)),
                         full_cost=all_costs(net, net.full_mask(), extra, parallel_workers),
-                        metrics={**outcome.metrics, "epochs": epochs}, bsnet_version=bsnet.__version__)
+                        metrics={**outcome.metrics, "epochs": epochs}, widths=kept_widths(net, outcome.mask),
+                        bsnet_version=bsnet.__version__)
 
 
 def write_run(run_dir: Path, run: SearchRun, outcome: Outcome, arch: Architecture) -> None:

@@ -12,7 +12,10 @@ through the `progress` callback (the CLI draws bars with it) and warnings throug
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
+import itertools
 import os
 import time
 import warnings
@@ -25,7 +28,7 @@ import yaml
 from torch import nn
 
 import bsnet
-from bsnet import distributed, runs
+from bsnet import distributed, rundir, runs
 from bsnet.architecture import Architecture
 from bsnet.budgets import Budget, parse_budget
 from bsnet.config import ConfigError, RunConfig, read_config_file, typed
@@ -34,7 +37,7 @@ from bsnet.data import DataSplits, batches, load_dataset, num_batches
 from bsnet.outcome import Outcome, finish, found_architecture, write_run
 from bsnet.search import BudgetedSearch, BudgetError, NonFiniteLossError, SearchConfig, StepStats
 from bsnet.supernet import SuperNetwork
-from bsnet.train import accuracy
+from bsnet.train import accuracy, recalibrate_bn
 
 __all__ = ["Outcome", "Progress", "SearchRun", "build_run", "build_supernet", "epoch_record", "finish",
            "found_architecture", "no_progress", "run_epochs", "run_search", "search_epoch", "write_run"]
@@ -139,6 +142,7 @@ def build_run(config: RunConfig, model: ModelSource = None) -> SearchRun:
     if model is not None and not isinstance(model, nn.Module):
         model = model()
     net = build_supernet(config, data, model)
+    data.check_fits(net.input_shape, net.profile[net.graph.output].out_shape, "the super network")
     budgets = _budgets(config, net, device, rank, world)
     steps = num_batches(data.train, config.batch_size, drop_last=True, world=world)
     if steps < 1:
@@ -167,6 +171,9 @@ def search_epoch(run: SearchRun, epoch: int, advance: Callable[[str], None] | No
     return stats
 
 
+VAL_BN_BATCHES = 20  # training batches that recompute BatchNorm statistics before an epoch's validation
+
+
 def epoch_record(run: SearchRun, epoch: int, stats: list[StepStats], seconds: float) -> dict[str, Any]:
     """metrics.jsonl's line for an epoch: training figures, the most probable architecture's validation
     accuracy (reduced over ranks) and costs, λ, the gates' entropy."""
@@ -177,9 +184,15 @@ def epoch_record(run: SearchRun, epoch: int, stats: list[StepStats], seconds: fl
         found = search.found(project=False)
     val_shard = list(batches(run.data.val, 256, rank=run.rank, world=run.world))
     n_val = sum(len(y) for _, y in val_shard)
+    # The search's BatchNorm statistics are shared by every sampled architecture and fit none (a block thinned to
+    # one width group sums a quarter of the channels): scored on them, a good architecture reads as chance. So it is
+    # scored on a copy whose statistics are recomputed for it, on a few training batches, as the found one will be.
+    net = copy.deepcopy(run.net)
+    recalibrate_bn(net, lambda x: net(x, found.mask), itertools.islice(run.batches(0, augment=False), VAL_BN_BATCHES),
+                   run.device)
     loss_sum, acc_sum, n, val_hits, n_val = distributed.sum_over_ranks([
         sum(s.loss * s.examples for s in stats), sum(s.accuracy * s.examples for s in stats),
-        float(sum(s.examples for s in stats)), accuracy(run.net, val_shard, run.device, mask=found.mask) * n_val,
+        float(sum(s.examples for s in stats)), accuracy(net, val_shard, run.device, mask=found.mask) * n_val,
         n_val])
     return {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": acc_sum / n, "val_acc": val_hits / n_val,
             "expected_cost": dict(zip(names, search.expected_costs())),
@@ -191,17 +204,18 @@ def epoch_record(run: SearchRun, epoch: int, stats: list[StepStats], seconds: fl
 
 
 def run_epochs(run: SearchRun, epochs: int, *, run_dir: Path | None = None, start: int = 0, best_val: float = -1.0,
-               progress: Progress = no_progress) -> list[dict[str, Any]]:
-    """Epochs `start` to `epochs` - 1; their records. With `run_dir`, rank 0 appends each record to metrics.jsonl
-    and checkpoints the epoch (and the best on validation) so that `--resume` continues bitwise equal."""
+               progress: Progress = no_progress, stop: int | None = None) -> list[dict[str, Any]]:
+    """Epochs `start` to `epochs` - 1 (or `stop` - 1) of `epochs`; their records. With `run_dir`, rank 0 appends
+    each record to metrics.jsonl and checkpoints the epoch (and the best on validation) so that `--resume` continues
+    bitwise equal."""
     records, t0 = [], time.time()
-    for epoch in range(start, epochs):
+    for epoch in range(start, epochs if stop is None else min(stop, epochs)):
         advance = progress(f"epoch {epoch + 1}/{epochs}", run.steps_per_epoch)
         try:
             stats = search_epoch(run, epoch, advance)
         except NonFiniteLossError as e:
             where = f"; the last good checkpoint is kept in {run_dir / 'checkpoints'} (epoch {epoch})" \
-                if run_dir else ""
+                if run_dir and (run_dir / "checkpoints" / f"epoch-{epoch:04d}.json").exists() else ""
             raise NonFiniteLossError(f"{e}: the search stopped{where}; lower the learning rate and rerun") from None
         if not stats:  # every step of the epoch was skipped: nothing to report, nothing to save
             continue
@@ -225,8 +239,10 @@ def run_search(config: RunConfig, out: str | Path | None = None, *, model: Model
                warn: Callable[[str], None] = warnings.warn) -> tuple[Architecture, Path] | None:
     """Search as `config` says and write the run directory `out` (default: the next `runs/search-NNN`); with
     `resume`, continue the run in `out` from its last intact checkpoint (`config` must be the one it was started
-    with; its device may change). Returns the architecture and the run directory (None on the ranks > 0 of a
-    torchrun group, which write nothing).
+    with; its device may change); with `overwrite`, replace the run in `out` once the new one has its first
+    checkpoint, and only what bsnet wrote there. The run directory is locked while the search runs
+    (`bsnet.rundir`). Returns the architecture and the run directory (None on the ranks > 0 of a torchrun group,
+    which write nothing).
 
     Raises:
         ConfigError, RunDirError, ValueError: bad configuration, or an occupied or missing run directory.
@@ -234,20 +250,35 @@ def run_search(config: RunConfig, out: str | Path | None = None, *, model: Model
         BudgetError: no connected architecture meets every budget.
     """
     run = build_run(config, model)
-    config = run.config
-    main_rank = run.rank == 0
-    prepared: Any = None  # only rank 0 writes; the others learn the directory (or rank 0's refusal) from it
-    if main_rank:
+    with contextlib.ExitStack() as stack:
+        place = _open_run_dir(run, out, resume, overwrite, stack)
+        return _search_in(run, place, resume, progress, warn)
+
+
+def _open_run_dir(run: SearchRun, out: str | Path | None, resume: bool, overwrite: bool,
+                  stack: contextlib.ExitStack) -> rundir.RunPlace:
+    """Rank 0 opens (and locks, until `stack` closes) the run directory; the other ranks learn where it is, or
+    rank 0's refusal."""
+    prepared: Any = None
+    if run.rank == 0:
         try:
-            prepared = str(runs.prepare_run_dir(None if out is None else str(out), resume=resume, overwrite=overwrite))
+            place = stack.enter_context(rundir.open_run(out, resume=resume, overwrite=overwrite))
             if resume:
-                _check_same_run(config, Path(prepared))
+                _check_same_run(run.config, place.path)
+            prepared = ("ok", str(place.path), place.staging and str(place.staging))
         except (runs.RunDirError, ConfigError) as e:
-            prepared = ("error", str(e))
-    prepared = distributed.broadcast(prepared)
-    if isinstance(prepared, tuple):
-        raise runs.RunDirError(prepared[1])
-    run_dir = Path(prepared)
+            prepared = ("error", str(e), None)
+    status, where, staging = distributed.broadcast(prepared)
+    if status == "error":
+        raise runs.RunDirError(where)
+    return rundir.RunPlace(Path(where), staging and Path(staging))
+
+
+def _search_in(run: SearchRun, place: rundir.RunPlace, resume: bool, progress: Progress,
+               warn: Callable[[str], None]) -> tuple[Architecture, Path] | None:
+    config, main_rank = run.config, run.rank == 0
+    assert config is not None
+    run_dir = place.staging or place.path
     start, best_val = 0, -1.0
     if resume:
         state, meta, messages = runs.load_latest_checkpoint(run_dir / "checkpoints")
@@ -262,7 +293,17 @@ def run_search(config: RunConfig, out: str | Path | None = None, *, model: Model
         if main_rank:
             runs.truncate_metrics(run_dir / "metrics.jsonl", start)
     elif main_rank:
+        rundir.claim(run_dir, "config.yaml", "metrics.jsonl", "checkpoints/")
         runs.write_yaml(run_dir / "config.yaml", config.to_dict())
+    if place.staging is not None:  # --overwrite: the old run stays until the new one has its first checkpoint
+        records: list[dict[str, Any]] = []
+        while not records and start < config.epochs:
+            records = run_epochs(run, config.epochs, run_dir=run_dir, start=start, best_val=best_val,
+                                 progress=progress, stop=start + 1)
+            start, best_val = start + 1, max([best_val, *(r["val_acc"] for r in records)])
+        if main_rank:
+            rundir.commit_overwrite(place)
+        run_dir = place.path
     run_epochs(run, config.epochs, run_dir=run_dir, start=start, best_val=best_val, progress=progress)
     _dump_rank_state(run)
     if not main_rank:  # rank 0 alone evaluates, fine-tunes and writes: nothing to wait for
@@ -272,6 +313,7 @@ def run_search(config: RunConfig, out: str | Path | None = None, *, model: Model
         outcome = finish(run, config.finetune_epochs, select=config.select, temperature=config.select_temperature,
                          progress=progress)
         arch = found_architecture(run, outcome, epochs=config.epochs, parallel_workers=config.parallel_workers)
+        rundir.claim(run_dir, *rundir.SEARCH_OUTPUTS)
         write_run(run_dir, run, outcome, arch)
     finally:
         distributed.teardown()

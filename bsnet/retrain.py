@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from bsnet import runs
+from bsnet import rundir, runs
 from bsnet.architecture import Architecture
 from bsnet.costs import LatencyCost, ParallelCost, all_costs
 from bsnet.data import DataSplits, batches, num_batches
@@ -26,36 +26,37 @@ def retrain(run_dir: Path, module: nn.Module, arch: Architecture, net: SuperNetw
             parallel_workers: int | None = None, overwrite: bool = False,
             progress: Callable[[str, int], Callable[[str], None]] | None = None) -> dict[str, Any]:
     """Train `module` (the run's exported network: fresh or search weights) with `cfg` and write `final/`
-    (model.safetensors, metrics.jsonl, result.json). `final/` is replaced only once the new training has finished:
-    it is built in `final.partial/`. Returns result.json's content."""
-    final = run_dir / "final"
-    if (final / "result.json").exists() and not overwrite:
-        raise runs.RunDirError(f"{final} already holds a trained network: pass --overwrite to replace it")
-    staging = run_dir / "final.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    metrics_path = staging / "metrics.jsonl"
-    runs.atomic_write_text(metrics_path, "")
-    advance = progress("train", num_batches(data.train, cfg.batch_size) * cfg.epochs) if progress else None
-    for record in train_network(module, data, cfg, device=device,
-                                on_step=(lambda loss: advance(f"loss {loss:.3f}")) if advance else None):
-        runs.append_metrics(metrics_path, record)
-    module.cpu().eval()
-    result = {"test_acc": accuracy(module, batches(data.test, 256)),
-              "val_acc": accuracy(module, batches(data.val, 256)),
-              "cost": all_costs(net, arch.mask(net.gate_names), parallel_workers=parallel_workers),
-              "epochs": cfg.epochs, "start": "search weights (fine-tune)" if finetune else "from scratch",
-              "train_config": dataclasses.asdict(cfg)}
-    from bsnet.export import save_weights
-    save_weights(module, arch, staging / "model.safetensors")
-    runs.atomic_write_text(staging / "result.json", json.dumps(result, indent=1))
-    replaced = run_dir / "final.replaced"  # the earlier training, moved aside until the new one is in place
-    shutil.rmtree(replaced, ignore_errors=True)
-    if final.exists():
-        final.rename(replaced)
-    staging.rename(final)
-    shutil.rmtree(replaced, ignore_errors=True)
+    (model.safetensors, metrics.jsonl, result.json), under the run's lock. `final/` is replaced only once the new
+    training has finished (it is built in `final.partial/`), and only its files bsnet wrote. Returns result.json's
+    content."""
+    final, staging = run_dir / "final", run_dir / "final.partial"
+    with rundir.locked(run_dir):
+        rundir.claim(run_dir, "final.partial/", "final/", *(f"{d}/{f}" for d in ("final", "final.partial")
+                                                            for f in rundir.FINAL_FILES))
+        if (final / "result.json").exists() and not overwrite:
+            raise runs.RunDirError(f"{final} already holds a trained network: pass --overwrite to replace it")
+        rundir.remove_written(run_dir, "final.partial/")  # a training that stopped before its end
+        staging.mkdir(exist_ok=True)
+        metrics_path = staging / "metrics.jsonl"
+        runs.atomic_write_text(metrics_path, "")
+        advance = progress("train", num_batches(data.train, cfg.batch_size) * cfg.epochs) if progress else None
+        for record in train_network(module, data, cfg, device=device,
+                                    on_step=(lambda loss: advance(f"loss {loss:.3f}")) if advance else None):
+            runs.append_metrics(metrics_path, record)
+        module.cpu().eval()
+        result = {"test_acc": accuracy(module, batches(data.test, 256)),
+                  "val_acc": accuracy(module, batches(data.val, 256)),
+                  "cost": all_costs(net, arch.mask(net.gate_names), parallel_workers=parallel_workers),
+                  "epochs": cfg.epochs, "start": "search weights (fine-tune)" if finetune else "from scratch",
+                  "train_config": dataclasses.asdict(cfg)}
+        from bsnet.export import save_weights
+        save_weights(module, arch, staging / "model.safetensors")
+        runs.atomic_write_text(staging / "result.json", json.dumps(result, indent=1))
+        final.mkdir(exist_ok=True)
+        (final / "result.json").unlink(missing_ok=True)  # first: a final/ without result.json is an unfinished one
+        for name in rundir.FINAL_FILES:  # result.json last
+            os.replace(staging / name, final / name)
+        rundir.remove_written(run_dir, "final.partial/")
     return result
 
 

@@ -10,6 +10,7 @@ Layout of a search run:
     search.png, architecture.png
     final/               `bsnet train`: model.safetensors, metrics.jsonl, result.json (built in final.partial/)
     export/, eval.json   `bsnet export` and `bsnet eval`
+    .bsnet-run           the marker: what bsnet wrote here (`bsnet.rundir`, with the lock, .bsnet-lock)
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "architecture.json", "checkpoints")
-# What bsnet writes in a run directory: search, `bsnet train` (final/), `bsnet export` (export/), `bsnet eval`.
-RUN_OUTPUTS = RUN_MARKERS + ("weights.safetensors", "search.png", "architecture.png", "final", "final.partial",
-                             "final.replaced", "export", "eval.json")
 CHECKPOINT_FORMAT = 1
 
 # Test-only fault injection: the process kills itself (SIGKILL) when it reaches the named point, e.g.
@@ -46,62 +42,6 @@ def kill_point(point: str) -> None:
 
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked (occupied, missing, damaged)."""
-
-
-def run_markers(path: Path) -> list[str]:
-    return [m for m in RUN_MARKERS if (path / m).exists()]
-
-
-def is_run(path: Path) -> bool:
-    return path.is_dir() and bool(run_markers(path))
-
-
-def is_bsnet_run(path: Path) -> bool:
-    """Whether `path` holds a search run bsnet wrote: its config.yaml has the keys bsnet writes."""
-    try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(cfg, dict) and {"supernet", "budget", "search_config"} <= cfg.keys()
-
-
-def next_run_dir(root: Path, prefix: str = "search") -> Path:
-    """`runs/search-001`, `-002`, ...: the first free name."""
-    root.mkdir(parents=True, exist_ok=True)
-    i = 1
-    while (root / f"{prefix}-{i:03d}").exists():
-        i += 1
-    return root / f"{prefix}-{i:03d}"
-
-
-def prepare_run_dir(out: str | None, *, resume: bool, overwrite: bool, root: str = "runs") -> Path:
-    """The directory this run writes to; refuses to mix two runs in one directory."""
-    if out is None:
-        if resume:
-            raise RunDirError("--resume needs --out DIR naming the run to continue")
-        path = next_run_dir(Path(root))
-    else:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise RunDirError(f"--out {out} is a file, not a directory")
-        if resume:
-            if not is_run(path):
-                raise RunDirError(f"nothing to resume in {out}: it holds no bsnet run")
-        elif is_run(path):
-            if not overwrite:
-                raise RunDirError(f"{out} already holds a run: pass --resume to continue it or --overwrite to "
-                                  "replace it")
-            if not is_bsnet_run(path):
-                raise RunDirError(f"{out} holds files that are not a bsnet run ({', '.join(run_markers(path))}): "
-                                  "--overwrite replaces only runs bsnet wrote; choose another --out")
-            for m in RUN_OUTPUTS:  # everything bsnet writes there, so that nothing of the old run is read back
-                p = path / m
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                elif p.exists() or p.is_symlink():
-                    p.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # ---- atomic writes ------------------------------------------------------------------------------------
@@ -164,15 +104,23 @@ def _flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
 
 
 def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `_flatten`; ValueError for a skeleton `_flatten` cannot have written."""
     if isinstance(obj, dict):
         if "__tensor__" in obj:
+            if not isinstance(obj["__tensor__"], str) or obj["__tensor__"] not in tensors:
+                raise ValueError(f"it names a tensor the file does not hold: {str(obj['__tensor__'])[:60]!r}")
             return tensors[obj["__tensor__"]]
         if "__dict__" in obj:
-            return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
-        if "__tuple__" in obj:
-            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
-        if "__list__" in obj:
-            return [_unflatten(v, tensors) for v in obj["__list__"]]
+            items = obj["__dict__"]
+            if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 2 and
+                                                      isinstance(i[0], (str, int, float, bool)) for i in items):
+                raise ValueError("a __dict__ entry is not a list of [key, value] pairs")
+            return {k: _unflatten(v, tensors) for k, v in items}
+        for kind, make in (("__tuple__", tuple), ("__list__", list)):
+            if kind in obj:
+                if not isinstance(obj[kind], list):
+                    raise ValueError(f"a {kind} entry is not a list")
+                return make(_unflatten(v, tensors) for v in obj[kind])
     return obj
 
 
@@ -199,32 +147,47 @@ def load_checkpoint(directory: Path, name: str) -> tuple[dict[str, Any], dict[st
     try:
         doc = json.loads(js.read_text())
         data = blob.read_bytes()
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunDirError(f"checkpoint {js.with_suffix('')} cannot be read: {e}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise RunDirError(f"checkpoint {js.with_suffix('')} cannot be read: {why}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("meta", {}), dict) or "state" not in doc:
+        raise RunDirError(f"checkpoint {js} is not a bsnet checkpoint (no state and meta)")
     if hashlib.sha256(data).hexdigest() != doc.get("sha256"):
         raise RunDirError(f"checkpoint {blob} is corrupted (checksum mismatch)")
     try:
-        tensors = load_file(str(blob))
-        return _unflatten(doc["state"], tensors), doc.get("meta", {})
+        tensors = load(data)
     except Exception as e:  # a file that is not safetensors (a pickle, say) is refused, never executed
-        raise RunDirError(f"checkpoint {blob} is not a valid safetensors file: {e}") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunDirError(f"checkpoint {blob} is not a valid safetensors file: {why}") from None
+    try:
+        return _unflatten(doc["state"], tensors), doc.get("meta", {})
+    except (ValueError, TypeError, RecursionError) as e:
+        raise RunDirError(f"checkpoint {js} is damaged: {e}") from None
 
 
 def save_epoch_checkpoint(directory: Path, epochs_done: int, state: dict[str, Any], meta: dict[str, Any],
                           keep: int = 2) -> None:
-    """`epoch-NNNN`, then the oldest beyond `keep` removed: a damaged newest one still leaves a good one."""
+    """`epoch-NNNN`, then the oldest beyond `keep` removed: a damaged newest one still leaves a good one. The run's
+    progress orders them: those of later epochs (damaged ones a restarted run went back from) are removed too."""
     save_checkpoint(directory, f"epoch-{epochs_done:04d}", state, {**meta, "format_version": CHECKPOINT_FORMAT})
-    names = sorted({p.name.split(".")[0] for p in directory.glob("epoch-*.*")})
-    for old in names[:-keep]:
+    names = epoch_checkpoints(directory)
+    done = [name for epoch, name in names if epoch <= epochs_done]
+    for old in done[:-keep] + [name for epoch, name in names if epoch > epochs_done]:
         for suffix in (".json", ".safetensors", ".safetensors.tmp", ".json.tmp"):
             (directory / f"{old}{suffix}").unlink(missing_ok=True)
+
+
+def epoch_checkpoints(directory: Path) -> list[tuple[int, str]]:
+    """(epochs done, name) of the epoch checkpoints in `directory`, oldest first."""
+    found = {(int(p.name[6:].split(".")[0]), p.name.split(".")[0]) for p in directory.glob("epoch-*.*")
+             if p.name[6:].split(".")[0].isdigit()}
+    return sorted(found)
 
 
 def load_latest_checkpoint(directory: Path) -> tuple[dict[str, Any] | None, dict[str, Any], list[str]]:
     """The newest checkpoint that reads back intact: (state, meta, messages about the ones skipped)."""
     messages = []
-    names = sorted({p.name.split(".")[0] for p in directory.glob("epoch-*.*")}, reverse=True)
-    for name in names:
+    for _, name in reversed(epoch_checkpoints(directory)):
         try:
             state, meta = load_checkpoint(directory, name)
         except RunDirError as e:

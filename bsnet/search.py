@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from bsnet import multipliers, projection
-from bsnet.budgets import Budget
+from bsnet.budgets import Budget, budget_limits
 from bsnet.gates import BernoulliGates
 from bsnet.projection import BudgetError, Found
 from bsnet.supernet import SuperNetwork
@@ -58,16 +58,31 @@ class SearchConfig:
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
     def __post_init__(self) -> None:
+        for name in ("groups", "seed", "max_nonfinite_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"search setting {name} must be an integer, got {value!r}")
+        for name in ("lr", "momentum", "weight_decay", "gate_lr", "init_prob", "lambda_lr", "fixed_lambda",
+                     "budget_floor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"search setting {name} must be a finite number, got {value!r}")
         checks = [(self.sampling in ("grouped", "per_example"), "sampling must be 'grouped' or 'per_example'"),
                   (self.baseline in ("loo", "mean"), "baseline must be 'loo' or 'mean'"),
                   (self.lambda_mode in ("adaptive", "fixed"), "lambda_mode must be 'adaptive' or 'fixed'"),
                   (self.groups >= 1, "groups must be >= 1"),
-                  (self.lr > 0 and self.gate_lr > 0, "learning rates must be > 0"),
+                  (self.lr > 0 and self.gate_lr > 0, "learning rates (lr, gate_lr) must be > 0"),
+                  (0 <= self.momentum < 1, "momentum must lie in [0, 1)"),
+                  (self.weight_decay >= 0, "weight_decay must be >= 0"),
                   (0 < self.init_prob < 1, "init_prob must lie in (0, 1)"),
-                  (0 <= self.budget_floor < 1, "budget_floor must lie in [0, 1)")]
+                  (self.lambda_lr > 0, "lambda_lr must be > 0 (a fixed λ is lambda_mode=fixed)"),
+                  (self.fixed_lambda >= 0, "fixed_lambda must be >= 0"),
+                  (0 <= self.seed < 2**32, "seed must lie in [0, 2**32)"),
+                  (0 <= self.budget_floor < 1, "budget_floor must lie in [0, 1)"),
+                  (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ValueError(f"search setting {msg}")
 
 
 @dataclass
@@ -100,7 +115,7 @@ class BudgetedSearch:
         self.budgets = list(budgets)
         full = net.full_mask()
         self.full_costs = [float(b.cost(net, full)) for b in self.budgets]
-        self.limits = [b.value * f if b.relative else b.value for b, f in zip(self.budgets, self.full_costs)]
+        self.limits = budget_limits(self.budgets, self.full_costs)  # warns of a budget that constrains nothing
         for b, limit in zip(self.budgets, self.limits):
             if limit <= 0:
                 raise ValueError(f"budget {b} must be positive")

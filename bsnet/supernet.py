@@ -9,6 +9,9 @@ Three ways to run it, chosen by the mask passed to `forward` (the mask is never 
   and each group runs only its own live sub-graph.
 
 A disconnected architecture (output unreachable) predicts from a zero input to the output node.
+
+The channel groups of a width split (`Graph.add_width_split`, bsnet.width) are nodes like any other, except that the
+live modes run a pair's live groups as one layer pair of their concatenated weights, not one small layer per group.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bsnet.graph import Graph
+from bsnet.width import check_split, fused_forward
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class SuperNetwork(nn.Module):
         self.config = dict(config or {})
         # Per-node inputs, precomputed as (source name, gate index or None) for the forward loops.
         self._inputs = {n: [(e.src, e.gate) for e in self.graph.in_edges(n)] for n in self.graph.order}
+        for split in self.graph.width_splits:
+            check_split([modules[n] for n in split.groups], split.name)
         self._plans: dict[bytes, tuple | None] = {}  # see _plan
         self.profile = self._measure()
 
@@ -129,31 +135,44 @@ class SuperNetwork(nn.Module):
             return self._forward_masked(x, mask)
         raise ValueError(f"mask must be [num_gates] or [batch, num_gates], got {tuple(mask.shape)}")
 
-    def _plan(self, mask: torch.Tensor) -> tuple[tuple[str, tuple, bool], ...] | None:
-        """One architecture's live sub-graph as (node, inputs, concat?) operations in topological order, an input
-        being a source node or, for a concatenation, the per-example shape of the zeros standing in for a dropped
-        one; None when the output is unreachable. Cached by mask: training, evaluating or fine-tuning one
-        architecture, or a search whose gates have settled, runs the same masks again."""
+    def _plan(self, mask: torch.Tensor) -> tuple[tuple[str, tuple, bool, tuple[str, ...] | None], ...] | None:
+        """One architecture's live sub-graph as (value, inputs, concat?, groups) operations in topological order, an
+        input being a value's name or, for a concatenation, the per-example shape of the zeros standing in for a
+        dropped one. A value is a node's output (groups None) or, named after its width split, the sum of the split's
+        live `groups` computed as one layer pair. None when the output is unreachable. Cached by mask: training,
+        evaluating or fine-tuning one architecture, or a search whose gates have settled, runs the same masks again."""
         kept = mask.detach().cpu() > 0.5
         key = kept.numpy().tobytes()
         if key in self._plans:
             return self._plans[key]
-        live = dict(zip(self.graph.order, self.graph.live(kept).tolist()))
+        graph = self.graph
+        live = dict(zip(graph.order, graph.live(kept).tolist()))
         gates = kept.tolist()
         plan = None
-        if live[self.graph.output]:
-            ops = []
-            for n in self.graph.order:
-                if not live[n] or n == self.graph.input:
+        if live[graph.output]:
+            ops: list[tuple[str, tuple, bool, tuple[str, ...] | None]] = []
+            fused: set[str] = set()
+            for n in graph.order:
+                if not live[n] or n == graph.input:
                     continue
-                concat = self.graph.node(n).combine == "concat"
-                srcs = []
+                split = graph.width_split(n)
+                if split is not None:  # the first live group stands for all: one op computes their sum
+                    if split.name not in fused:
+                        fused.add(split.name)
+                        ops.append((split.name, (split.source,), False, tuple(m for m in split.groups if live[m])))
+                    continue
+                concat = graph.node(n).combine == "concat"
+                srcs: list = []
                 for s, g in self._inputs[n]:
                     if live[s] and (g is None or gates[g]):
-                        srcs.append(s)
+                        split = graph.width_split(s)
+                        if split is None:
+                            srcs.append(s)
+                        elif split.name not in srcs:  # a group's only edge leads here: add the sum once
+                            srcs.append(split.name)
                     elif concat:  # a concatenation keeps its channel layout: a dropped input becomes zeros
                         srcs.append(self.profile[s].out_shape)
-                ops.append((n, tuple(srcs), concat))
+                ops.append((n, tuple(srcs), concat, None))
             plan = tuple(ops)
         if len(self._plans) >= 4096:  # a long search samples many masks: bound the cache
             self._plans.clear()
@@ -166,10 +185,10 @@ class SuperNetwork(nn.Module):
         if plan is None:
             return self._disconnected(x)
         outs = {self.graph.input: self.blocks[self.graph.input](x)}
-        for n, srcs, concat in plan:
+        for n, srcs, concat, groups in plan:
             ins = [outs[s] if isinstance(s, str) else x.new_zeros(x.shape[0], *s) for s in srcs]
             h = torch.cat(ins, dim=1) if concat else ins[0] if len(ins) == 1 else reduce(add, ins)
-            outs[n] = self.blocks[n](h)
+            outs[n] = self.blocks[n](h) if groups is None else fused_forward([self.blocks[m] for m in groups], h)
         return outs[self.graph.output]
 
     def _disconnected(self, x: torch.Tensor) -> torch.Tensor:

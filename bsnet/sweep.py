@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from bsnet import rundir
+
 
 @dataclass
 class SweepRun:
@@ -78,6 +80,8 @@ def run_sweep(budgets: Sequence[str], out: Path, search_args: Sequence[str], *, 
               engine: str = "local", train_epochs: int = 0) -> list[SweepRun]:
     out = out.resolve()  # the runs may execute in another working directory (Ray workers)
     out.mkdir(parents=True, exist_ok=True)
+    with rundir.locked(out):  # before any run starts: a sweep.csv or pareto.png of the user's is never replaced
+        rundir.claim(out, "sweep.csv", "pareto.png")
     runs = [SweepRun(b, str(out / run_dir_name(b))) for b in budgets]
     todo = []
     for run in runs:

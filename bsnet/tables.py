@@ -21,6 +21,17 @@ def _fmt(value: float, unit: str = "") -> str:
     return f"{value:.4g}"
 
 
+def _budget(arch: Architecture, cost: str) -> str:
+    """A budget's cell: `<= value`, or `> full` where the full network already meets it (a budget such as
+    params=1e99 constrains nothing, and would print as `<= 1e+90G`)."""
+    if cost not in arch.budget:
+        return ""
+    full = arch.full_cost.get(cost)
+    if full is not None and arch.budget[cost] > full:
+        return "> full"
+    return "<= " + _fmt_cost(cost, arch.budget[cost])
+
+
 def print_summary(arch: Architecture, run_dir: Path) -> None:
     """The found architecture against its budgets and the full super network, in 80 columns."""
     from rich.console import Console
@@ -42,7 +53,7 @@ def print_summary(arch: Architecture, run_dir: Path) -> None:
     t.add_row(found, pct(m["test_acc"]), *miou("test_miou"), *[_fmt_cost(k, v) for k, v in arch.cost.items()])
     t.add_row("  search weights", pct(m["test_acc_search_weights"]), *blank, *["" for _ in arch.cost])
     t.add_row("budget", "", *blank,
-              *[("<= " + _fmt_cost(k, arch.budget[k])) if k in arch.budget else "" for k in arch.cost])
+              *[_budget(arch, k) for k in arch.cost])
     t.add_row("full network", pct(m["full_test_acc"]), *miou("full_test_miou"),
               *[_fmt_cost(k, v) for k, v in arch.full_cost.items()])
     t.add_row("found / full", "", *blank,
@@ -90,16 +101,18 @@ def show_lines(arch: Architecture) -> list[Any]:
         t.add_column(col, justify="right" if col != "cost" else "left")
     for k, v in arch.cost.items():
         full = arch.full_cost.get(k, 0)
-        t.add_row(k, _fmt_cost(k, v), ("<= " + _fmt_cost(k, arch.budget[k])) if k in arch.budget else "",
+        t.add_row(k, _fmt_cost(k, v), _budget(arch, k),
                   _fmt_cost(k, full), f"{100 * v / full:.1f}%" if full else "")
     lines: list[Any] = [t]
     m = arch.metrics
-    if m:
+    if all(m.get(k) is not None for k in ("test_acc", "test_acc_search_weights", "full_test_acc")):
         lines.append(f"test accuracy {100 * m['test_acc']:.2f}% (search weights "
                      f"{100 * m['test_acc_search_weights']:.2f}%, full super network {100 * m['full_test_acc']:.2f}%)")
     if "selection" in m:
         lines.append(_selection_line(m))
     if arch.projected:
         lines.append(f"projected: dropped {', '.join(arch.dropped)}")
+    if arch.widths:
+        lines.append("kept widths: " + ", ".join(f"{n} {k}/{a} ch" for n, (k, a) in arch.widths.items()))
     lines.append("kept gates: " + ", ".join(arch.kept))
     return lines

@@ -4,6 +4,7 @@ network and recalibrating its BatchNorm statistics. No printing, no file I/O: `t
 epoch."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -40,8 +41,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"training {name} must be an integer >= {low}, got {value!r}")
+        for name, ok, what in (("lr", lambda v: v > 0, "> 0"), ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("weight_decay", lambda v: v >= 0, ">= 0")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not ok(value):
+                raise ValueError(f"training {name} must be a finite number {what}, got {value!r}")
 
 
 def reset_parameters(module: nn.Module, seed: int) -> None:

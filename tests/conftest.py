@@ -9,21 +9,24 @@ from bsnet import SuperNetwork, create_supernet, list_supernets
 from bsnet.graph import Graph
 from torch import nn
 
-# Small settings for every registered super network, for fast tests: a fabric registered without one fails the
-# tests that use `small_net` instead of being left untested.
+# Small settings for every registered super network, for fast tests (id -> name, settings): a fabric registered
+# without one fails the tests that use `small_net` instead of being left untested. The width fabric is a variant.
 SMALL = {
-    "cnf": dict(layers=3, channels=4, image_size=8),
-    "resnet_fabric": dict(blocks=2, channels=[4, 8, 8], image_size=8, shift="slr"),
+    "cnf": ("cnf", dict(layers=3, channels=4, image_size=8)),
+    "resnet_fabric": ("resnet_fabric", dict(blocks=2, channels=[4, 8, 8], image_size=8, shift="slr")),
+    "resnet_fabric-width": ("resnet_fabric", dict(blocks=2, channels=[4, 8, 8], image_size=8, shift="slr",
+                                                  width_groups=4, width_multiplier=2.0)),
 }
 
 
 def create_small(name: str) -> SuperNetwork:
     if name not in SMALL:
         pytest.fail(f"super network {name!r} has no small test settings: add them to SMALL in tests/conftest.py")
-    return create_supernet(name, **SMALL[name])
+    registered, settings = SMALL[name]
+    return create_supernet(registered, **settings)
 
 
-@pytest.fixture(params=list_supernets())
+@pytest.fixture(params=sorted({*list_supernets(), *SMALL}))
 def small_net(request) -> SuperNetwork:
     torch.manual_seed(0)
     return create_small(request.param)

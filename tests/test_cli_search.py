@@ -9,6 +9,7 @@ import torch
 import yaml
 
 import bsnet
+from bsnet import rundir
 from bsnet.cli import main
 from tests.cli_options import TINY
 
@@ -28,7 +29,7 @@ def test_search_writes_a_complete_run_directory(finished_run):
               "checkpoints/best.safetensors"):
         assert (out / f).exists(), f
     arch = json.loads((out / "architecture.json").read_text())
-    assert arch["format_version"] == 1 and arch["supernet"] == "cnf"
+    assert arch["format_version"] == 2 and arch["supernet"] == "cnf" and arch["widths"] == {}
     assert set(arch["cost"]) >= {"flops", "params", "parallel"} and set(arch["full_cost"]) == set(arch["cost"])
     assert arch["cost"]["flops"] <= arch["budget"]["flops"] == pytest.approx(0.3 * arch["full_cost"]["flops"])
     assert set(arch["kept"]) <= set(arch["gates"]) and isinstance(arch["projected"], bool)
@@ -114,12 +115,16 @@ def test_out_holding_another_run_is_refused(finished_run, capsys):
 def test_overwrite_replaces_every_output_of_the_old_run(finished_run, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(finished_run, out)
-    for extra in ("final/model.safetensors", "export/model.onnx", "eval.json"):  # train, export, eval outputs
-        (out / extra).parent.mkdir(exist_ok=True)
-        (out / extra).write_text("old")
+    assert main(["export", str(out)]) == 0 and main(["eval", str(out)]) == 0  # export, eval outputs
+    rundir.claim(out, "final/", *(f"final/{f}" for f in rundir.FINAL_FILES))  # as `bsnet train` records final/
+    (out / "final").mkdir()
+    for f in rundir.FINAL_FILES:
+        (out / "final" / f).write_text("old")
+    (out / "export" / "mine.txt").write_text("the user's")  # beside bsnet's outputs: kept
     assert main(["search", *TINY[:5], "--epochs", "1", "--finetune-epochs", "0", "--out", str(out),
                  "--overwrite"]) == 0
-    assert not (out / "final").exists() and not (out / "export").exists() and not (out / "eval.json").exists()
+    assert not (out / "final").exists() and not (out / "eval.json").exists()
+    assert [p.name for p in (out / "export").iterdir()] == ["mine.txt"]
     assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [0]
     assert bsnet.load(out) is not None  # the new run's weights
 

@@ -53,6 +53,27 @@ def test_forward_on_cuda_matches_the_cpu(small_net):
     assert torch.allclose(got.cpu(), want, atol=1e-4)
 
 
+def test_fused_width_groups_train_on_cuda_as_on_the_cpu():
+    """The live groups of a width split run as one layer on the GPU too: a grouped training step's outputs,
+    gradients and BatchNorm statistics match the CPU's."""
+    import copy
+    torch.manual_seed(0)
+    cpu = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8], image_size=8, width_groups=4,
+                                width_multiplier=2.0)
+    gpu = copy.deepcopy(cpu).cuda()
+    x = torch.randn(8, *cpu.input_shape)
+    masks = cpu.graph.prune(torch.bernoulli(torch.full((4, cpu.num_gates), 0.6),
+                                            generator=torch.Generator().manual_seed(3)))
+    for net, xs in ((cpu, x), (gpu, x.cuda())):
+        net.train()(xs, masks, grouped=True).pow(2).mean().backward()
+    for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad.cpu(), atol=1e-4, rtol=1e-3), name
+    for a, b in zip(cpu.buffers(), gpu.buffers()):
+        assert torch.allclose(a.double(), b.cpu().double(), atol=1e-4)
+
+
 def test_cli_search_train_and_export_on_cuda(tmp_path):
     out = tmp_path / "r"
     assert main(["search", *TINY, "--device", "cuda", "--out", str(out)]) == 0

@@ -218,6 +218,37 @@ def test_cifar_restricted_unpickler_refuses_other_globals(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 5])
+def test_cifar_batches_pickled_by_python_3_load(protocol, tmp_path, monkeypatch):
+    monkeypatch.setattr(pickle, "load", None)  # never the plain unpickler
+    monkeypatch.setattr(pickle, "loads", None)
+    x = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    batch = {"data": x, "labels": [3, 7], "batch_label": b"training batch 1 of 5", "filenames": [b"a.png", b"b.png"]}
+    path = _write(tmp_path / "data_batch_1", pickle.dumps(batch, protocol=protocol))
+    d = read_pickle(path)
+    assert (d["data"] == x).all() and d["labels"] == [3, 7] and d["batch_label"] == b"training batch 1 of 5"
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_unpickler_still_refuses_code(protocol, tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return os.system, ("touch " + str(tmp_path / "pwned"),)
+
+    path = _write(tmp_path / "data_batch_1", pickle.dumps({"data": Evil(), "labels": []}, protocol=protocol))
+    with pytest.raises(ValueError, match="refused to load"):
+        read_pickle(path)
+    evil_codec = pickle.dumps({"data": b"x"}, protocol=2).replace(b"latin1", b"rot_13")
+    with pytest.raises(ValueError, match="refused"):
+        read_pickle(_write(tmp_path / "data_batch_2", evil_codec))
+    assert not (tmp_path / "pwned").exists()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def test_cifar_errors(tmp_path):
     with pytest.raises(ValueError, match="needs a data directory"):
         load_dataset("cifar10")

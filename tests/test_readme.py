@@ -29,3 +29,15 @@ def test_custom_supernetwork_example_runs():
     assert search.net.gate_names == ["wide", "narrow"]
     search.step(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
     assert search.within_budget(search.found().mask)
+
+
+def test_width_split_example_runs():
+    namespace: dict = {}
+    exec(compile(BLOCKS[2], "README.md", "exec"), namespace)  # as written: its own imports
+    net, pair = namespace["net"], namespace["pair"]
+    assert net.gate_names == ["W-0", "W-1", "W-2", "W-3"] and namespace["half"].shape == (2, 10)
+    x = torch.randn(2, 3, 32, 32)
+    stem, block, head = (net.blocks[n].eval() for n in ("stem", "block", "head"))
+    with torch.no_grad():  # every group kept: the unsplit pair
+        unsplit = head(block[1:](torch.nn.Sequential(*pair).eval()(stem(x))))
+        assert torch.allclose(net.eval()(x, net.full_mask()), unsplit, atol=1e-5)

@@ -16,7 +16,7 @@ class ParallelCost(Cost):
     done run at once, chosen in topological order. Nodes that compute nothing (sums, identities, ReLUs:
     FlopCounterMode counts 0 FLOPs in them, unless the graph says otherwise) take no step; they pass their
     inputs through. With `workers=None` (unlimited) the cost is the depth of the live graph counted in
-    computing nodes.
+    computing nodes. The groups of a width split run as one layer pair: they are one unit, one step if any is live.
     """
 
     name = "parallel"
@@ -38,9 +38,15 @@ class ParallelCost(Cost):
         g = net.graph
         order = g.order
         computes = [net.profile[n].steps for n in order]
+        # unit[i]: what node i is scheduled as, itself or (for a width group) its split's first group.
+        unit = list(range(len(order)))
+        for split in g.width_splits:
+            first = min(g.index(m) for m in split.groups)
+            for m in split.groups:
+                unit[g.index(m)] = first
         edges = g.edges
-        # deps[i]: the nearest live computing ancestors of node i (through non-computing nodes).
-        deps: list[set[int]] = [set() for _ in order]
+        # deps[u]: the nearest live computing units before unit u (through non-computing nodes).
+        deps: dict[int, set[int]] = {}
         reach: list[set[int]] = [set() for _ in order]  # what a consumer of node i must wait for
         preds: list[list[int]] = [[] for _ in order]
         for e_i, e in enumerate(edges):
@@ -49,18 +55,20 @@ class ParallelCost(Cost):
         for i in range(len(order)):
             if not live[i]:
                 continue
-            deps[i] = set().union(*(reach[p] for p in preds[i])) if preds[i] else set()
-            reach[i] = {i} if computes[i] else deps[i]
-        todo = [i for i in range(len(order)) if live[i] and computes[i]]
-        if self.workers is None:  # depth: longest chain of computing nodes
-            depth = [0] * len(order)
-            for i in todo:
-                depth[i] = 1 + max((depth[d] for d in deps[i]), default=0)
-            return max((depth[i] for i in todo), default=0)
+            before = set().union(*(reach[p] for p in preds[i])) if preds[i] else set()
+            if computes[i]:
+                deps.setdefault(unit[i], set()).update(before)
+            reach[i] = {unit[i]} if computes[i] else before
+        todo = sorted(deps)  # a unit's number is its first node's position: topological order
+        if self.workers is None:  # depth: longest chain of computing units
+            depth: dict[int, int] = {}
+            for u in todo:
+                depth[u] = 1 + max((depth[d] for d in deps[u]), default=0)
+            return max(depth.values(), default=0)
         done: set[int] = set()
         steps = 0
         while len(done) < len(todo):
-            ready = [i for i in todo if i not in done and deps[i] <= done][: self.workers]
+            ready = [u for u in todo if u not in done and deps[u] <= done][: self.workers]
             done.update(ready)
             steps += 1
         return steps

@@ -8,7 +8,7 @@ it always yields float normalised inputs and long targets, and `Split.x` / `Spli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -78,6 +78,17 @@ class DataSplits:
     def input_shape(self) -> tuple[int, ...]:
         return self.train.input_shape
 
+    def check_fits(self, input_shape: Sequence[int], output_shape: Sequence[int], what: str = "the network") -> None:
+        """Raises ValueError (one line) unless a network taking `input_shape` and giving `output_shape` per example
+        fits this data set: its inputs, its task and its number of classes (a mismatch would fail deep inside)."""
+        if tuple(input_shape) != tuple(self.input_shape):
+            raise ValueError(f"data set {self.name} has inputs shaped {tuple(self.input_shape)}; {what} takes "
+                             f"{tuple(input_shape)}")
+        want = (self.num_classes, *(self.input_shape[1:] if self.task == "segmentation" else ()))
+        if tuple(output_shape) != want:
+            raise ValueError(f"data set {self.name} is {self.task} over {self.num_classes} classes, one output of "
+                             f"shape {want} per example; {what} gives {tuple(output_shape)}")
+
 
 def shard_order(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """This rank's share of `order`, padded by wrapping around so that every rank gets as many (as
@@ -119,6 +130,8 @@ def stratified_split(y: torch.Tensor, fraction: float | int, seed: int) -> tuple
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         held.append(idx[: int(round(len(idx) * n_out / n))])
+        if len(held[-1]) == len(idx):
+            raise ValueError(f"holding out {fraction} of {n} examples leaves none of class {int(c)} to train on")
     out = torch.cat(held)
     if len(out) == 0:  # each class's share rounds to 0
         raise ValueError(f"holding out {fraction} of {n} examples, stratified by class, holds out none: "

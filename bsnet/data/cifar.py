@@ -50,14 +50,25 @@ RELEASES = {
 }
 
 
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode` as Python 3 pickles bytes at protocol 2 (`encode(text, "latin1")`), and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refused to load _codecs.encode(..., {str(encoding)[:20]!r}): a CIFAR file "
+                                     "holds only dicts, lists, strings, numbers and numpy arrays")
+    return text.encode("latin1")
+
+
 def _allowed_globals() -> dict[tuple[str, str], object]:
     try:
         from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
-    allowed = {}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # written by numpy 1 or numpy 2
-        allowed[module, "_reconstruct"] = _reconstruct
+        from numpy.core.numeric import _frombuffer
+    allowed: dict[tuple[str, str], object] = {("_codecs", "encode"): _latin1}  # bytes, by Python 3 at protocol 2
+    for core in ("numpy.core", "numpy._core"):  # written by numpy 1 or numpy 2
+        allowed[f"{core}.multiarray", "_reconstruct"] = _reconstruct
+        allowed[f"{core}.numeric", "_frombuffer"] = _frombuffer  # an array at pickle protocol 5
     allowed["numpy", "ndarray"] = np.ndarray
     allowed["numpy", "dtype"] = np.dtype
     for module in ("builtins", "__builtin__"):
@@ -83,7 +94,7 @@ def read_pickle(path: str | Path) -> dict:
     """One file of the python release, as a dict with str keys."""
     try:
         with open(path, "rb") as f:
-            d = RestrictedUnpickler(f, encoding="bytes").load()  # the release was pickled by Python 2
+            d = RestrictedUnpickler(f, encoding="bytes").load()  # the release was pickled by Python 2, with bytes
     except FileNotFoundError:
         raise ValueError(f"{path} is missing") from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file can fail in many ways

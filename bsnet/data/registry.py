@@ -40,9 +40,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: flo
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r} (known: {', '.join(list_datasets())})")
     if data_dir is not None and not Path(data_dir).is_dir():
-        raise ValueError(f"data directory {data_dir} does not exist")
-    if val_size is not None and not val_size > 0:
-        raise ValueError(f"val_size must be a fraction in (0, 1) or a count >= 1, got {val_size}")
+        why = "is a file, not a folder" if Path(data_dir).exists() else "does not exist"
+        raise ValueError(f"data directory {data_dir} {why}")
+    if val_size is not None and not (0 < val_size < 1 or val_size >= 1 and float(val_size).is_integer()):
+        raise ValueError(f"val_size must be a fraction in (0, 1) or a whole count >= 1, got {val_size}")
     return _REGISTRY[name](data_dir, val_size, seed)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from bsnet.architecture import Architecture, SupernetSource
 from bsnet.supernet import SuperNetwork
+from bsnet.width import fuse_groups
 
 
 def attribute_name(node: str) -> str:
@@ -62,15 +63,21 @@ def export_module(net: SuperNetwork, architecture: Architecture | torch.Tensor, 
     for n in graph.order:
         if not live[n]:
             continue
-        attr = attribute_name(n)
-        if hasattr(root, attr):
-            raise ValueError(f"two nodes map to the attribute name {attr!r}")
-        root.add_module(attr, copy.deepcopy(net.blocks[n], copied) if copy_weights else net.blocks[n])
+        split = graph.width_split(n)
+        if split is not None:  # a width split's live groups become one plain narrower layer pair, named after it
+            if split.name not in values:
+                attr = _add(root, split.name, fuse_groups([net.blocks[m] for m in split.groups if live[m]]))
+                fed[split.name] = values[split.source]
+                values[split.name] = _call(fx, attr, root.get_submodule(attr), values[split.source])
+            continue
+        attr = _add(root, n, copy.deepcopy(net.blocks[n], copied) if copy_weights else net.blocks[n])
         meets: list[str] = []  # the live sources summed into this node, where two or more meet
         if n == graph.input:
             h = x
         else:
-            sources = [(e.src, live[e.src] and (e.gate is None or kept[e.gate])) for e in graph.in_edges(n)]
+            sources = [(_value_of(graph, e.src), live[e.src] and (e.gate is None or kept[e.gate]))
+                       for e in graph.in_edges(n)]
+            sources = list(dict.fromkeys(sources))  # a split's groups: their sum, once
             if graph.node(n).combine == "concat":
                 parts = [values[s] if on else _zeros_like_batch(fx, x, net.profile[s].out_shape) for s, on in sources]
                 h = fx.call_function(torch.cat, (parts, 1))
@@ -92,6 +99,20 @@ def export_module(net: SuperNetwork, architecture: Architecture | torch.Tensor, 
     module = torch.fx.GraphModule(root, fx, class_name="FoundNetwork")
     module.train(net.training)
     return module
+
+
+def _add(root: nn.Module, node: str, module: nn.Module) -> str:
+    attr = attribute_name(node)
+    if hasattr(root, attr):
+        raise ValueError(f"two nodes map to the attribute name {attr!r}")
+    root.add_module(attr, module)
+    return attr
+
+
+def _value_of(graph, node: str) -> str:
+    """The value a node's output edge carries: its own, or for a width split's group the sum of the split's."""
+    split = graph.width_split(node)
+    return node if split is None else split.name
 
 
 def release(*values: torch.Tensor) -> None:

@@ -35,6 +35,20 @@ class CNFConfig:
     task: str = "classification"  # or "segmentation"
     kernel_size: int = 3
 
+    def __post_init__(self) -> None:
+        for name, low in (("layers", 2), ("channels", 1), ("image_size", 1), ("in_channels", 1), ("num_classes", 1),
+                          ("kernel_size", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"cnf setting {name} must be >= {low}, got {getattr(self, name)}")
+        if self.image_size & (self.image_size - 1):
+            raise ValueError(f"cnf needs a power-of-two image size (its scales halve down to 1x1), got "
+                             f"{self.image_size}")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"cnf setting kernel_size must be odd (its convolutions keep the size), got "
+                             f"{self.kernel_size}")
+        if self.task not in ("classification", "segmentation"):
+            raise ValueError(f"cnf task must be 'classification' or 'segmentation', got {self.task!r}")
+
 
 def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, relu: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False),
@@ -66,12 +80,6 @@ def agg(layer: int, scale: int) -> str:
 
 @register_supernet("cnf", CNFConfig)
 def build_cnf(cfg: CNFConfig) -> SuperNetwork:
-    if cfg.image_size < 1 or cfg.image_size & (cfg.image_size - 1):
-        raise ValueError(f"cnf needs a power-of-two image size (its scales halve down to 1x1), got {cfg.image_size}")
-    if cfg.layers < 2:
-        raise ValueError(f"cnf needs at least 2 layers, got {cfg.layers}")
-    if cfg.task not in ("classification", "segmentation"):
-        raise ValueError(f"cnf task must be 'classification' or 'segmentation', got {cfg.task!r}")
     scales = int(math.log2(cfg.image_size)) + 1
     c, k, last = cfg.channels, cfg.kernel_size, cfg.layers - 1
     g = Graph(input=agg(0, 0), output="out")

@@ -1,7 +1,9 @@
 """Capturing a user's model as one torch.fx program: its one input, its leaf modules, the tracer and its errors."""
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import os
 import traceback
 from typing import Sequence
@@ -113,8 +115,13 @@ def capture(model: nn.Module, x: torch.Tensor, leaves: Sequence[type | str]) -> 
         raise ValueError(_trace_error(model, tracer, e)) from e
     _drop_specialised_arguments(graph, model)
     gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(x)
+    try:
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints what it raises
+            ShapeProp(gm).propagate(x)
+    except Exception as e:  # the user's model on an input it cannot take: theirs to read, in one line
+        cause = e.__cause__ or e  # ShapeProp wraps the model's own error
+        raise ValueError(f"{type(model).__qualname__} cannot run on inputs shaped {tuple(x.shape[1:])}: "
+                         f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from None
     return gm
 
 
