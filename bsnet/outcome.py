@@ -20,10 +20,13 @@ from bsnet.train import accuracy, finetune, mean_iou, recalibrate_bn
 from bsnet.width import kept_widths
 
 if TYPE_CHECKING:
-    from bsnet.pipeline import Progress, SearchRun
+    from bsnet.pipeline import SearchRun
+
+# (label, total) -> advance(info): one progress bar per stretch of work (an epoch, a fine-tune).
+Progress = Callable[[str, int], Callable[[str], None]]
 
 
-def _no_progress(label: str, total: int) -> Callable[[str], None]:
+def no_progress(label: str, total: int) -> Callable[[str], None]:
     return lambda info="": None
 
 
@@ -58,7 +61,7 @@ def tuned(run: SearchRun, mask: torch.Tensor, epochs: int, advance: Callable[[st
 
 
 def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature: float = 3.0,
-           progress: Progress = _no_progress) -> Outcome:
+           progress: Progress = no_progress) -> Outcome:
     """The found architecture (`select` > 1: the best on validation of it and `select` - 1 tempered samples of the
     gates, each fine-tuned for at least one epoch), scored against the full super network on the same weights.
 

@@ -34,21 +34,13 @@ from bsnet.budgets import Budget, parse_budget
 from bsnet.config import ConfigError, RunConfig, read_config_file, typed
 from bsnet.costs import LatencyCost
 from bsnet.data import DataSplits, batches, load_dataset, num_batches
-from bsnet.outcome import Outcome, finish, found_architecture, write_run
+from bsnet.outcome import Outcome, Progress, finish, found_architecture, no_progress, write_run
 from bsnet.search import BudgetedSearch, BudgetError, NonFiniteLossError, SearchConfig, StepStats
 from bsnet.supernet import SuperNetwork
 from bsnet.train import accuracy, recalibrate_bn
 
 __all__ = ["Outcome", "Progress", "SearchRun", "build_run", "build_supernet", "epoch_record", "finish",
            "found_architecture", "no_progress", "run_epochs", "run_search", "search_epoch", "write_run"]
-
-# (label, total) -> advance(info): one progress bar per stretch of work (an epoch, a fine-tune).
-Progress = Callable[[str, int], Callable[[str], None]]
-
-
-def no_progress(label: str, total: int) -> Callable[[str], None]:
-    return lambda info="": None
-
 
 @dataclass
 class SearchRun:

@@ -73,3 +73,23 @@ def _check_generated_file(path: Path, x: torch.Tensor, want: torch.Tensor, tol: 
 @pytest.fixture
 def check_generated_file():
     return _check_generated_file
+
+
+# ---- a finished run, for the tests that read, export or tamper with one ---------------------------------------
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A tiny finished search (tests/cli_options.TINY), once per test module: never change it, copy it (`run`)."""
+    from bsnet.cli import main
+    from tests.cli_options import TINY
+    out = tmp_path_factory.mktemp("runs") / "r"
+    assert main(["search", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run(finished: Path, tmp_path: Path) -> Path:
+    """A fresh copy of `finished`, for one test to change."""
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    return copy

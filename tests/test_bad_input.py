@@ -87,6 +87,12 @@ def unfinished(run: Path) -> None:
     (run / "architecture.json").unlink()
 
 
+def config_file(case: str, content: str, message: str) -> tuple:
+    """A row of CASES: `bsnet search --config` of a file holding `content`."""
+    return (case, ["search", "--config", "TMP/c.yaml", "--out", "TMP/new"], message,
+            lambda run, tmp: write(tmp / "c.yaml", content))
+
+
 # Each row: an id, the command (RUN: a copy of a finished run, TMP: the test's folder, FILE: a file of the user's),
 # what its one line says, and what to set up first (run(RUN, TMP)).
 R, T, F = "RUN", "TMP", "FILE"
@@ -186,22 +192,14 @@ CASES = [
     ("config-missing", ["search", "--config", "TMP/nowhere.yaml", *OUT], "nowhere.yaml", None),
     ("config-binary", ["search", "--config", F, *OUT], "config",
      lambda run, tmp: write(tmp / "afile", b"\xff\x00\x81")),
-    ("config-a-list", ["search", "--config", "TMP/c.yaml", *OUT], "mapping",
-     lambda run, tmp: write(tmp / "c.yaml", "- epochs\n- 3\n")),
-    ("config-nan-epochs", ["search", "--config", "TMP/c.yaml", *OUT], "epochs",
-     lambda run, tmp: write(tmp / "c.yaml", "epochs: .nan\n")),
-    ("config-nan-val-size", ["search", "--config", "TMP/c.yaml", *OUT], "val_size",
-     lambda run, tmp: write(tmp / "c.yaml", "val_size: .inf\n")),
-    ("config-number-keys", ["search", "--config", "TMP/c.yaml", *OUT], "unknown key",
-     lambda run, tmp: write(tmp / "c.yaml", "1: 2\nepochz: 3\n")),
-    ("config-deeply-nested", ["search", "--config", "TMP/c.yaml", *OUT], "config",
-     lambda run, tmp: write(tmp / "c.yaml", "epochs: " + "[" * 5000 + "]" * 5000 + "\n")),
-    ("config-supernet-config-a-list", ["search", "--config", "TMP/c.yaml", *OUT], "supernet_config",
-     lambda run, tmp: write(tmp / "c.yaml", "supernet_config: [1, 2]\n")),
-    ("config-budget-null", ["search", "--config", "TMP/c.yaml", *OUT], "budget",
-     lambda run, tmp: write(tmp / "c.yaml", "budget: [null]\n")),
-    ("config-empty-string", ["search", "--config", "TMP/c.yaml", *OUT], "data_dir",
-     lambda run, tmp: write(tmp / "c.yaml", "data_dir: ''\n")),
+    config_file("config-a-list", "- epochs\n- 3\n", "mapping"),
+    config_file("config-nan-epochs", "epochs: .nan\n", "epochs"),
+    config_file("config-nan-val-size", "val_size: .inf\n", "val_size"),
+    config_file("config-number-keys", "1: 2\nepochz: 3\n", "unknown key"),
+    config_file("config-deeply-nested", "epochs: " + "[" * 5000 + "]" * 5000 + "\n", "config"),
+    config_file("config-supernet-config-a-list", "supernet_config: [1, 2]\n", "supernet_config"),
+    config_file("config-budget-null", "budget: [null]\n", "budget"),
+    config_file("config-empty-string", "data_dir: ''\n", "data_dir"),
     ("latency-table-a-folder", ["search", "--budget", "latency=1ms", "--latency-table", "TMP", *OUT], "is a folder",
      None),
     ("latency-table-missing", ["search", "--budget", "latency=1ms", "--latency-table", "TMP/no.json", *OUT],

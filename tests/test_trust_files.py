@@ -29,21 +29,6 @@ IN_RUN = r"file of the run|part of the run"  # export's own check, or the run di
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "r"
-    assert main(["search", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def run(finished, tmp_path):
-    """A fresh copy of a finished run, for one test to tamper with."""
-    copy = tmp_path / "run"
-    shutil.copytree(finished, copy)
-    return copy
-
-
 @pytest.fixture
 def marker(tmp_path):
     """The file every payload tries to create: it must never exist."""

@@ -37,21 +37,6 @@ def refused(capsys, argv: list[str], message: str, code: int = 2) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "r"
-    assert main(["search", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def run(finished, tmp_path):
-    """A copy of a finished run, to change."""
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    return out
-
-
 def unfinished(run: Path) -> Path:
     (run / "architecture.json").unlink()  # as if it stopped after its last checkpoint
     return run

@@ -1,0 +1,279 @@
+"""CIFAR-10 from scratch on the width fabric: does bsnet's search beat random search at equal compute, and uniform
+width?
+
+The data and the training recipe are `benchmarks/cifar10.py`'s (10,000 training / 5,000 validation / the 10,000
+test images, 15 epochs, one recipe for every network, augmentation, seeded initialisation). Budgets: the FLOPs of
+ResNet-8 and of ResNet-20 (the plain fabric's `resnet_mask`). One part = one budget x one seed index i:
+
+* `bsnet`: `BudgetedSearch` (defaults, seed i, 10 epochs) of `resnet_fabric width_groups=4 width_multiplier=2`, then
+  its selection as in `cifar10.py` (the found architecture and 2 tempered samples of the gates, each trained 3 epochs
+  with training seed 2i, the best on validation); the pick is trained with training seeds 2i and 2i + 1. The CPU
+  seconds of search + selection (`time.process_time`, every thread) are the compute budget of `random`.
+* `random`: architectures of the same width fabric drawn with every gate at p = 0.5, pruned, redrawn while
+  disconnected, outside [0.8, 1] x budget or already drawn (draw seed 2000 + 100 x depth + i); each trained 3
+  epochs (training seed 2i) one after another until their summed CPU seconds (training and validation) reach
+  bsnet's; k is how many. The best on validation is trained with training seeds 2i and 2i + 1.
+* `uniform` (ResNet-8 budget only; at the ResNet-20 budget it is ResNet-20 itself): ResNet-20 with every width
+  (stream and inner) scaled by one factor, the widest whose FLOPs meet the budget (stage channels c, 2c, 4c), one
+  training (seed 2i).
+
+`--table` assembles the parts: for each budget and method, the mean over seed indices of each index's mean over
+training seeds, its standard error, and for random the mean k; the plain ResNets' and the depth-only search's rows
+come from `benchmarks/results/cifar10/` (today's records, for reference). A win is a mean of the per-index paired
+differences of at least 1.0 point and more than twice its standard error; anything less is a tie. Also per part:
+bsnet's search + selection wall time / one training of its pick (search cost ratio).
+
+    .venv/bin/python benchmarks/cifar10_width.py --budget-index 0 --seed-index 0   # ResNet-8 FLOPs, seed index 0
+    .venv/bin/python benchmarks/cifar10_width.py --table
+    .venv/bin/python benchmarks/cifar10_width.py --budget-index 0 --seed-index 0 --quick   # smoke run, ~2 min
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import bsnet
+from bsnet.budgets import Budget
+from bsnet.data import DataSplits, num_batches
+from bsnet.fabrics.resnet_fabric import resnet_mask
+from bsnet.search import BudgetedSearch, SearchConfig
+from bsnet.width import kept_widths
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar10 import (FULL, QUICK, RESULTS, Protocol, candidate_records, cifar_folder,  # noqa: E402
+                     machine_info, machine_line, network_entry, protocol_data, save_result, search_epochs,
+                     select_on_validation, train_recipe)
+
+DEPTHS = (8, 20)
+WIDTH = {"width_groups": 4, "width_multiplier": 2.0}
+METHODS = ("bsnet", "random", "uniform")
+WIN_POINTS = 1.0
+
+
+def budget_flops(depth: int) -> float:
+    """The FLOPs of the plain ResNet-`depth` (the budget of its part)."""
+    net = bsnet.create_supernet("resnet_fabric")
+    return float(bsnet.FlopsCost()(net, resnet_mask(net, depth)))
+
+
+def training_seeds(i: int) -> tuple[int, int]:
+    return 2 * i, 2 * i + 1
+
+
+def timed(fn: Callable[[], dict]) -> dict:
+    """`fn()`'s run record with the CPU seconds (every thread) it took."""
+    c0 = time.process_time()
+    run = fn()
+    run["cpu_s"] = time.process_time() - c0
+    return run
+
+
+def draw_one(net: bsnet.SuperNetwork, limit: float, gen: torch.Generator, seen: set, max_tries: int = 100_000
+             ) -> torch.Tensor:
+    """One architecture with every gate at p = 0.5, pruned, connected, within [0.8, 1] x `limit`, not in `seen`."""
+    cost = bsnet.FlopsCost()
+    for _ in range(max_tries):
+        m = net.graph.prune((torch.rand(net.num_gates, generator=gen) < 0.5).float())
+        key = tuple(m.tolist())
+        if key in seen or not bool(net.graph.connected(m)) or not 0.8 * limit <= float(cost(net, m)) <= limit:
+            continue
+        seen.add(key)
+        return m
+    raise RuntimeError(f"no new architecture within the budget in {max_tries} draws")
+
+
+def uniform_channels(limit: float) -> int:
+    """The widest c whose ResNet-20 with stage channels (c, 2c, 4c) costs at most `limit` FLOPs."""
+    for c in range(16, 0, -1):
+        net = bsnet.create_supernet("resnet_fabric", channels=[c, 2 * c, 4 * c], shortcuts=False)
+        if float(bsnet.FlopsCost()(net, resnet_mask(net, 20))) <= limit:
+            return c
+    raise RuntimeError("no uniform width meets the budget")
+
+
+def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
+             select: int = 3, temperature: float = 3.0, device: str = "cpu") -> dict:
+    limit, seeds = budget_flops(depth), training_seeds(i)
+    emit("budget_flops", f"{limit:.0f}")
+
+    def train(module: torch.nn.Module, seed: int, kind: str = "full") -> dict:
+        return timed(lambda: train_recipe(module, data, proto, seed, kind, device))
+
+    # bsnet: search and selection, timed together: the compute random search is given.
+    t0, c0 = time.perf_counter(), time.process_time()
+    torch.manual_seed(i)
+    net = bsnet.create_supernet("resnet_fabric", **WIDTH)
+    search = BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], SearchConfig(seed=i),
+                            steps_per_epoch=num_batches(data.train, proto.batch_size, drop_last=True),
+                            epochs=proto.search_epochs, device=device)
+    history = search_epochs(search, data, proto.search_epochs, proto.batch_size, i, emit)
+    found = search.found()
+    candidates = search.candidates(select, temperature) if select > 1 else [found.mask]
+    best, selection = select_on_validation(net, candidates, train, seeds[0]) if select > 1 else (0, [])
+    search_cpu, search_wall = time.process_time() - c0, time.perf_counter() - t0
+    emit("bsnet.search_cpu_s", f"{search_cpu:.0f}")
+    chosen = candidates[best]
+    entries = {"bsnet": network_entry(
+        "bsnet", net, chosen, [train(bsnet.export_module(net, chosen), s) for s in seeds],
+        projected=found.projected, dropped=found.dropped, search_cpu_s=search_cpu, search_wall_s=search_wall,
+        widths=kept_widths(net, chosen), history=history["history"],
+        candidates=candidate_records(net, candidates, selection) if selection else [], chosen=best)}
+    pick = entries["bsnet"]["runs"]
+    entries["bsnet"]["search_cost_ratio"] = search_wall / statistics.fmean(r["wall_s"] for r in pick)
+    emit("bsnet.search_cost_ratio", f"{entries['bsnet']['search_cost_ratio']:.2f}")
+
+    # random at equal compute
+    fresh = bsnet.create_supernet("resnet_fabric", **WIDTH)
+    gen, seen, drawn, runs, spent = torch.Generator().manual_seed(2000 + 100 * depth + i), set(), [], [], 0.0
+    while spent < search_cpu:
+        drawn.append(draw_one(fresh, limit, gen, seen))
+        runs.append(train(bsnet.export_module(fresh, drawn[-1]), seeds[0], "selection"))
+        spent += runs[-1]["cpu_s"]
+    best = max(range(len(drawn)), key=lambda j: runs[j]["val_acc"])
+    entries["random"] = network_entry("random", fresh, drawn[best],
+                                      [train(bsnet.export_module(fresh, drawn[best]), s) for s in seeds],
+                                      k=len(drawn), candidates_cpu_s=spent, chosen=best,
+                                      candidates=candidate_records(fresh, drawn, runs))
+    emit("random.k", len(drawn))
+
+    if depth != 20:  # at the ResNet-20 budget the uniform network is ResNet-20 itself
+        c = uniform_channels(limit)
+        plain = bsnet.create_supernet("resnet_fabric", channels=[c, 2 * c, 4 * c], shortcuts=False)
+        mask = resnet_mask(plain, 20)
+        entries["uniform"] = network_entry("uniform", plain, mask, [train(bsnet.export_module(plain, mask), seeds[0])],
+                                           channels=[c, 2 * c, 4 * c])
+    for name, e in entries.items():
+        emit(f"{name}.flops", f"{e['flops']:.0f}")
+        emit(f"{name}.test_acc_mean", f"{e['test_acc_mean']:.4f}")
+    return {"depth": depth, "seed_index": i, "budget_flops": limit, "networks": entries,
+            "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+
+
+# ---- the table ---------------------------------------------------------------------------------------------
+def win(diffs: list[float]) -> tuple[float, float, str]:
+    """Mean and standard error of per-index paired differences (fractions), and the verdict of the win rule."""
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    ok = abs(mean) * 100 >= WIN_POINTS and abs(mean) > 2 * se
+    return mean, se, ("bsnet wins" if mean > 0 else "bsnet loses") if ok else "tie"
+
+
+def table(results_dir: Path) -> int:
+    parts = [json.loads(p.read_text()) for p in sorted(results_dir.glob("resnet*-seed*.json"))]
+    if not parts:
+        print(f"error: no finished part in {results_dir}", file=sys.stderr)
+        return 2
+    lines = ["| budget | method | MFLOPs | params (k) | test acc. % (mean over seed indices ± s.e.) | k | vs bsnet |",
+             "|---|---|---|---|---|---|---|"]
+    points: dict[str, list[tuple[float, float]]] = {}
+    for depth in DEPTHS:
+        mine = sorted((p for p in parts if p["depth"] == depth), key=lambda p: p["seed_index"])
+        if not mine:
+            continue
+        for m in METHODS:
+            have = [p for p in mine if m in p["networks"]]
+            if not have:
+                continue
+            accs = [p["networks"][m]["test_acc_mean"] for p in have]
+            se = statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
+            flops = statistics.fmean(p["networks"][m]["flops"] for p in have)
+            params = statistics.fmean(p["networks"][m]["params"] for p in have)
+            k = f"{statistics.fmean(p['networks'][m]['k'] for p in have):.1f}" if m == "random" else ""
+            vs = ""
+            if m != "bsnet":
+                d, s, verdict = win([p["networks"]["bsnet"]["test_acc_mean"] - p["networks"][m]["test_acc_mean"]
+                                     for p in have])
+                vs = f"{100 * d:+.2f} ± {100 * s:.2f}: {verdict}"
+            lines.append(f"| ResNet-{depth} ({mine[0]['budget_flops'] / 1e6:.1f} M) | {m} | {flops / 1e6:.1f} | "
+                         f"{params / 1e3:.1f} | {100 * statistics.fmean(accs):.2f} ± {100 * se:.2f} "
+                         f"({len(accs)}) | {k} | {vs} |")
+            points.setdefault(m, []).append((flops / 1e6, 100 * statistics.fmean(accs)))
+        ratios = [p["networks"]["bsnet"]["search_cost_ratio"] for p in mine]
+        lines.append(f"| ResNet-{depth} | search cost ratio (search + selection ÷ one training) | | | "
+                     f"{statistics.fmean(ratios):.2f} | | |")
+    for depth in DEPTHS:  # today's records, for reference
+        record = RESULTS / "cifar10" / f"resnet{depth}.json"
+        if record.is_file():
+            nets = json.loads(record.read_text())["networks"]
+            for m, label in (("resnet", f"ResNet-{depth} (record)"), ("bsnet", "depth-only bsnet (record)")):
+                e = nets[m]
+                lines.append(f"| ResNet-{depth} | {label} | {e['flops'] / 1e6:.1f} | {e['params'] / 1e3:.1f} | "
+                             f"{100 * e['test_acc_mean']:.2f} (2 training seeds) | | |")
+    quick = any(p.get("quick") for p in parts)
+    text = "\n".join((["**SMOKE RUN (--quick): these figures are not results.**", ""] if quick else []) + lines) + "\n"
+    print(text)
+    (results_dir / "table.md").write_text(text)
+    pareto(points, results_dir / "pareto.png", quick)
+    return 0
+
+
+def pareto(points: dict[str, list[tuple[float, float]]], path: Path, quick: bool) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for m, marker in zip(METHODS, ("o-", "^:", "s--")):
+        if m in points:
+            xs, ys = zip(*sorted(points[m]))
+            ax.plot(xs, ys, marker, label=m)
+    ax.set_xlabel("MFLOPs per image")
+    ax.set_ylabel("test accuracy (%), mean over seed indices")
+    ax.set_title("CIFAR-10 from scratch on the width fabric" + (" - SMOKE RUN: not results" if quick else ""),
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"written: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget-index", type=int, choices=range(len(DEPTHS)), help="0, 1: ResNet-8, -20 FLOPs")
+    parser.add_argument("--seed-index", type=int, default=0, help="i: bsnet's search seed, random's draw i, training "
+                        "seeds 2i and 2i + 1")
+    parser.add_argument("--table", action="store_true", help="assemble the finished parts into table and plot")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 epoch (figures not results)")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="default benchmarks/results/cifar10-width (cifar10-width-quick with --quick)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--select", type=int, default=3, metavar="K")
+    parser.add_argument("--search-epochs", type=int, default=FULL.search_epochs)
+    args = parser.parse_args(argv)
+    results_dir = args.results_dir or RESULTS / ("cifar10-width-quick" if args.quick else "cifar10-width")
+    if args.table:
+        return table(results_dir)
+    if args.budget_index is None or args.seed_index < 0:
+        parser.error("give --budget-index 0|1 and --seed-index i >= 0 (or --table)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    proto = QUICK if args.quick else dataclasses.replace(FULL, search_epochs=args.search_epochs)
+    depth = DEPTHS[args.budget_index]
+    print(machine_line(budget=f"resnet{depth}", seed_index=args.seed_index, quick=args.quick), flush=True)
+    data = protocol_data(cifar_folder(args.data_dir), proto.n_train, proto.n_val, proto.n_test, proto.data_seed)
+
+    def emit(key: str, value: object) -> None:
+        print(f"cifar10_width.resnet{depth}.seed{args.seed_index}.{key}={value}", flush=True)
+
+    t0 = time.perf_counter()
+    result = run_part(depth, args.seed_index, proto, data, emit, select=args.select, device=args.device)
+    result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(args.device),
+                  part_s=time.perf_counter() - t0, bsnet_version=bsnet.__version__)
+    emit("part_s", f"{result['part_s']:.0f}")
+    save_result(results_dir / f"resnet{depth}-seed{args.seed_index}.json", result, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
