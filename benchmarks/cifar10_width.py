@@ -42,6 +42,7 @@ from typing import Callable
 import torch
 
 import bsnet
+from bsnet.architecture import kept_names
 from bsnet.budgets import Budget
 from bsnet.data import DataSplits, num_batches
 from bsnet.fabrics.resnet_fabric import resnet_mask
@@ -101,7 +102,7 @@ def uniform_channels(limit: float) -> int:
 
 
 def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
-             select: int = 3, temperature: float = 3.0, device: str = "cpu") -> dict:
+             select: int = 3, temperature: float = 3.0, device: str = "cpu", search_only: bool = False) -> dict:
     limit, seeds = budget_flops(depth), training_seeds(i)
     emit("budget_flops", f"{limit:.0f}")
 
@@ -117,6 +118,12 @@ def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callab
                             epochs=proto.search_epochs, device=device)
     history = search_epochs(search, data, proto.search_epochs, proto.batch_size, i, emit)
     found = search.found()
+    if search_only:  # the search's own figures: does it reach the budget, is what it finds good early
+        return {"depth": depth, "seed_index": i, "budget_flops": limit, "search_only": True,
+                "found": {"kept": kept_names(found.mask, net.gate_names), "projected": found.projected,
+                          "dropped": found.dropped, "flops": float(bsnet.FlopsCost()(net, found.mask)),
+                          "widths": kept_widths(net, found.mask)},
+                "history": history["history"], "search_s": time.perf_counter() - t0}
     candidates = search.candidates(select, temperature) if select > 1 else [found.mask]
     best, selection = select_on_validation(net, candidates, train, seeds[0]) if select > 1 else (0, [])
     search_cpu, search_wall = time.process_time() - c0, time.perf_counter() - t0
@@ -168,7 +175,8 @@ def win(diffs: list[float]) -> tuple[float, float, str]:
 
 
 def table(results_dir: Path) -> int:
-    parts = [json.loads(p.read_text()) for p in sorted(results_dir.glob("resnet*-seed*.json"))]
+    parts = [json.loads(p.read_text()) for p in sorted(results_dir.glob("resnet*-seed*.json"))
+             if not p.name.endswith("-search.json")]
     if not parts:
         print(f"error: no finished part in {results_dir}", file=sys.stderr)
         return 2
@@ -250,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--select", type=int, default=3, metavar="K")
     parser.add_argument("--search-epochs", type=int, default=FULL.search_epochs)
+    parser.add_argument("--search-only", action="store_true", help="the part's search alone (written as "
+                        "resnet<d>-seed<i>-search.json; --table skips it)")
     args = parser.parse_args(argv)
     results_dir = args.results_dir or RESULTS / ("cifar10-width-quick" if args.quick else "cifar10-width")
     if args.table:
@@ -267,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar10_width.resnet{depth}.seed{args.seed_index}.{key}={value}", flush=True)
 
     t0 = time.perf_counter()
-    result = run_part(depth, args.seed_index, proto, data, emit, select=args.select, device=args.device)
+    result = run_part(depth, args.seed_index, proto, data, emit, select=args.select, device=args.device,
+                      search_only=args.search_only)
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(args.device),
                   part_s=time.perf_counter() - t0, bsnet_version=bsnet.__version__)
     emit("part_s", f"{result['part_s']:.0f}")
-    save_result(results_dir / f"resnet{depth}-seed{args.seed_index}.json", result, args.quick)
+    name = f"resnet{depth}-seed{args.seed_index}" + ("-search" if args.search_only else "")
+    save_result(results_dir / f"{name}.json", result, args.quick)
     return 0
 
 
