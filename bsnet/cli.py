@@ -309,9 +309,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
     import bsnet
-    from bsnet.costs.latency import measure_latency
+    from bsnet.costs.latency import is_latency_table, measure_latency
     from bsnet.runs import atomic_write_text
-    check_output_file("--out", args.out, (".json",))
+    check_output_file("--out", args.out, (".json",), ours=is_latency_table)
     net = bsnet.create_supernet(args.supernet, **key_values(args.supernet_config, "--supernet-config"))
     dtype = getattr(torch, args.dtype)  # one of the parser's choices
     device = _device(args.device)

@@ -16,8 +16,10 @@ class UsageError(ValueError):
     """Bad input from the user: reported as one line, exit code 2."""
 
 
-def check_output_file(option: str, path: str, suffixes: tuple[str, ...]) -> None:
-    """A file bsnet is asked to write: named with one of `suffixes`, in a folder that exists, not a folder itself."""
+def check_output_file(option: str, path: str, suffixes: tuple[str, ...],
+                      ours: Callable[[Path], bool] | None = None) -> None:
+    """A file bsnet is asked to write: named with one of `suffixes`, in a folder that exists, not a folder itself,
+    and not a file that is there already unless `ours` recognises it as one bsnet wrote."""
     where = Path(path)
     if where.is_dir():
         raise UsageError(f"{option} {path} is a folder: name the file to write")
@@ -25,6 +27,9 @@ def check_output_file(option: str, path: str, suffixes: tuple[str, ...]) -> None
         raise UsageError(f"{option} {path}: name a {' or '.join(suffixes)} file")
     if not where.parent.is_dir():
         raise UsageError(f"{option} {path}: the folder {where.parent} does not exist")
+    if (where.exists() or where.is_symlink()) and not (ours is not None and where.is_file() and ours(where)):
+        raise UsageError(f"{option} {path} exists: bsnet does not replace a file it did not write; remove it, or "
+                         "choose another name")
 
 
 # ---- parser -------------------------------------------------------------------------------------------------

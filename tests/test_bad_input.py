@@ -223,6 +223,10 @@ CASES = [
     ("show-draw-a-folder", ["show", R, "--draw", "TMP"], "--draw", None),
     ("show-draw-no-image-suffix", ["show", R, "--draw", "TMP/arch.txt"], "--draw", None),
     ("show-missing-run", ["show", "TMP/nowhere"], "nowhere", None),
+    ("show-draw-over-a-users-file", ["show", R, "--draw", "TMP/arch.png"], "exists",
+     lambda run, tmp: write(tmp / "arch.png", b"my picture")),
+    ("profile-out-over-a-users-file", ["profile", "--supernet", "cnf", "--out", "TMP/t.json"], "exists",
+     lambda run, tmp: write(tmp / "t.json", '{"nodes": {"a": 1.0}, "mine": true}')),
     ("show-a-file", ["show", F], "afile", None),
     ("profile-min-run-time-nan", ["profile", "--supernet", "cnf", "--min-run-time", "nan", "--out", "TMP/t.json"],
      "--min-run-time", None),
@@ -357,3 +361,12 @@ def test_a_budget_below_the_full_network_warns_nothing(finished, capsys):
     assert main(["show", str(finished)]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "<= " in captured.out
+
+
+def test_profile_replaces_a_latency_table_it_wrote(tmp_path):
+    out = tmp_path / "t.json"
+    argv = ["profile", "--supernet", "cnf", "--supernet-config", "layers=2", "channels=4", "image_size=8",
+            "--min-run-time", "0.0001", "--out", str(out)]
+    assert main(argv) == 0
+    first = out.read_bytes()
+    assert main(argv) == 0 and out.read_bytes() != first  # measured again, in place of its own table

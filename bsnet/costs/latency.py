@@ -91,6 +91,15 @@ def split_times(nodes: dict[str, float], split: str, groups: int) -> torch.Tenso
     return times.cummax(0).values
 
 
+def is_latency_table(path: Path) -> bool:
+    """Whether `path` holds a latency table bsnet wrote (`bsnet profile` replaces only such a file)."""
+    try:
+        table = check_table(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError):
+        return False
+    return {"format_version", "device", "fingerprint"} <= set(table)  # what measure_latency writes
+
+
 def check_table(table: Any, source: str = "the latency table") -> dict[str, Any]:
     """`table` if it is a latency table bsnet can use: `nodes` maps node names to finite, non-negative seconds, and
     `format_version` (where given) is this bsnet's. A table is data: nothing in it is ever evaluated.
