@@ -44,6 +44,7 @@ import torch
 import bsnet
 from bsnet.architecture import kept_names
 from bsnet.budgets import Budget
+from bsnet.config import key_values
 from bsnet.data import DataSplits, num_batches
 from bsnet.fabrics.resnet_fabric import resnet_mask
 from bsnet.search import BudgetedSearch, SearchConfig
@@ -102,7 +103,8 @@ def uniform_channels(limit: float) -> int:
 
 
 def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
-             select: int = 3, temperature: float = 3.0, device: str = "cpu", search_only: bool = False) -> dict:
+             select: int = 3, temperature: float = 3.0, device: str = "cpu", search_only: bool = False,
+             search_config: dict | None = None) -> dict:
     limit, seeds = budget_flops(depth), training_seeds(i)
     emit("budget_flops", f"{limit:.0f}")
 
@@ -113,7 +115,8 @@ def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callab
     t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(i)
     net = bsnet.create_supernet("resnet_fabric", **WIDTH)
-    search = BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], SearchConfig(seed=i),
+    config = SearchConfig(**{"seed": i, **(search_config or {})})
+    search = BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], config,
                             steps_per_epoch=num_batches(data.train, proto.batch_size, drop_last=True),
                             epochs=proto.search_epochs, device=device)
     history = search_epochs(search, data, proto.search_epochs, proto.batch_size, i, emit)
@@ -175,8 +178,8 @@ def win(diffs: list[float]) -> tuple[float, float, str]:
 
 
 def table(results_dir: Path) -> int:
-    parts = [json.loads(p.read_text()) for p in sorted(results_dir.glob("resnet*-seed*.json"))
-             if not p.name.endswith("-search.json")]
+    parts = [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob("resnet*-seed*.json"))
+                         if not p.name.endswith("-search.json")) if not d.get("search_config")]
     if not parts:
         print(f"error: no finished part in {results_dir}", file=sys.stderr)
         return 2
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--select", type=int, default=3, metavar="K")
     parser.add_argument("--search-epochs", type=int, default=FULL.search_epochs)
+    parser.add_argument("--search-config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="search settings other than the defaults (recorded in the part)")
     parser.add_argument("--search-only", action="store_true", help="the part's search alone (written as "
                         "resnet<d>-seed<i>-search.json; --table skips it)")
     args = parser.parse_args(argv)
@@ -278,11 +283,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     result = run_part(depth, args.seed_index, proto, data, emit, select=args.select, device=args.device,
-                      search_only=args.search_only)
+                      search_only=args.search_only, search_config=key_values(args.search_config, "--search-config"))
+    result["search_config"] = key_values(args.search_config, "--search-config")
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(args.device),
                   part_s=time.perf_counter() - t0, bsnet_version=bsnet.__version__)
     emit("part_s", f"{result['part_s']:.0f}")
-    name = f"resnet{depth}-seed{args.seed_index}" + ("-search" if args.search_only else "")
+    tag = "".join(f"-{k}{v}" for k, v in result["search_config"].items())
+    name = f"resnet{depth}-seed{args.seed_index}{tag}" + ("-search" if args.search_only else "")
     save_result(results_dir / f"{name}.json", result, args.quick)
     return 0
 
