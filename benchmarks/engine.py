@@ -53,54 +53,22 @@ LOW, HIGH = 0.22, 0.28  # live FLOPs fraction of the masks
 
 
 # ---- masks -------------------------------------------------------------------------------------------
-def draw_masks(net: bsnet.SuperNetwork, count: int, gen: torch.Generator, max_tries: int = 20000
-               ) -> tuple[list[torch.Tensor], list[float]]:
-    """`count` distinct pruned, connected masks with live FLOPs in [LOW, HIGH] of the full network's.
-
-    Each candidate keeps every gate independently with probability p; p is searched on the fly (raised when
-    a draw is disconnected or cheaper than the range's middle, lowered otherwise) so draws settle in the range.
-    """
+def steered_masks(net: bsnet.SuperNetwork, count: int, draw: Callable[[float], torch.Tensor | None],
+                  max_tries: int = 20000) -> tuple[list[torch.Tensor], list[float]]:
+    """`count` distinct masks from `draw(p)` (None: a disconnected draw) with live FLOPs in [LOW, HIGH] of the full
+    network's. p, the probability `draw` keeps a gate with, is searched on the fly (raised when a draw is
+    disconnected or cheaper than the range's middle, lowered otherwise) so draws settle in the range."""
     cost = bsnet.FlopsCost()
     full = float(cost(net, net.full_mask()))
     p, step = 0.5, 0.02
     masks, fracs, seen = [], [], set()
     for _ in range(max_tries):
-        m = net.graph.prune((torch.rand(net.num_gates, generator=gen) < p).float())
-        if not bool(net.graph.connected(m)):
+        m = draw(p)
+        if m is None:
             p = min(p + step, 0.99)
             continue
         frac = float(cost(net, m)) / full
         # Steer toward the middle of the range so accepted draws do not pile up at one edge.
-        p = min(p + step, 0.99) if frac < (LOW + HIGH) / 2 else max(p - step, 0.01)
-        if LOW <= frac <= HIGH:
-            key = tuple(m.tolist())
-            if key not in seen:
-                seen.add(key)
-                masks.append(m)
-                fracs.append(frac)
-                if len(masks) == count:
-                    return masks, fracs
-    raise RuntimeError(f"found only {len(masks)} of {count} masks in {max_tries} draws")
-
-
-def draw_thin_masks(net: bsnet.SuperNetwork, count: int, gen: torch.Generator, max_tries: int = 20000
-                    ) -> tuple[list[torch.Tensor], list[float]]:
-    """`count` distinct masks keeping every gate but the width groups', each width split keeping a random non-empty
-    subset of its groups (each kept with probability p, steered as in `draw_masks`), live FLOPs in [LOW, HIGH]."""
-    cost = bsnet.FlopsCost()
-    full = float(cost(net, net.full_mask()))
-    index = {g: i for i, g in enumerate(net.gate_names)}
-    splits = [[index[m] for m in s.groups] for s in net.graph.width_splits]
-    p, step = 0.5, 0.02
-    masks, fracs, seen = [], [], set()
-    for _ in range(max_tries):
-        m = net.full_mask()
-        for gates in splits:
-            keep = torch.rand(len(gates), generator=gen) < p
-            if not keep.any():
-                keep[int(torch.randint(len(gates), (1,), generator=gen))] = True
-            m[gates] = keep.float()
-        frac = float(cost(net, m)) / full
         p = min(p + step, 0.99) if frac < (LOW + HIGH) / 2 else max(p - step, 0.01)
         key = tuple(m.tolist())
         if LOW <= frac <= HIGH and key not in seen:
@@ -110,6 +78,32 @@ def draw_thin_masks(net: bsnet.SuperNetwork, count: int, gen: torch.Generator, m
             if len(masks) == count:
                 return masks, fracs
     raise RuntimeError(f"found only {len(masks)} of {count} masks in {max_tries} draws")
+
+
+def draw_masks(net: bsnet.SuperNetwork, count: int, gen: torch.Generator) -> tuple[list[torch.Tensor], list[float]]:
+    """Pruned, connected masks keeping every gate independently with probability p (`steered_masks`)."""
+    def draw(p: float) -> torch.Tensor | None:
+        m = net.graph.prune((torch.rand(net.num_gates, generator=gen) < p).float())
+        return m if bool(net.graph.connected(m)) else None
+    return steered_masks(net, count, draw)
+
+
+def draw_thin_masks(net: bsnet.SuperNetwork, count: int, gen: torch.Generator
+                    ) -> tuple[list[torch.Tensor], list[float]]:
+    """Masks keeping every gate but the width groups': each width split keeps a random non-empty subset of its groups,
+    each kept with probability p (`steered_masks`)."""
+    index = {g: i for i, g in enumerate(net.gate_names)}
+    splits = [[index[m] for m in s.groups] for s in net.graph.width_splits]
+
+    def draw(p: float) -> torch.Tensor:
+        m = net.full_mask()
+        for gates in splits:
+            keep = torch.rand(len(gates), generator=gen) < p
+            if not keep.any():
+                keep[int(torch.randint(len(gates), (1,), generator=gen))] = True
+            m[gates] = keep.float()
+        return m
+    return steered_masks(net, count, draw)
 
 
 def bench_width(args: argparse.Namespace, emit: Callable[[str, object], None]) -> dict[str, float]:

@@ -378,9 +378,9 @@ def test_export_fuses_the_live_groups_into_one_narrower_pair(tmp_path, check_gen
     check_generated_file(export_python(plain, arch, tmp_path / "found.py"), x, want)
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort
-    session = ort.InferenceSession(str(export_onnx(plain, net.input_shape, tmp_path / "m.onnx")),
+    runtime = ort.InferenceSession(str(export_onnx(plain, net.input_shape, tmp_path / "m.onnx")),
                                    providers=["CPUExecutionProvider"])
-    assert abs(session.run(None, {"input": x.numpy()})[0] - want.numpy()).max() <= 1e-4
+    assert abs(runtime.run(None, {"input": x.numpy()})[0] - want.numpy()).max() <= 1e-4
 
 
 # ---- latency: a split timed as one fused pair, by its number of live groups -------------------------------------

@@ -199,12 +199,10 @@ class LatencyCost(AdditiveCost):
         splits = net.graph.width_splits
         if not splits:
             return super().__call__(net, masks)
-        nodes = self.table_for(net)["nodes"]
+        nodes = self.table_for(net)["nodes"]  # checked once per call: the fingerprint hashes every module
         live = net.graph.live(masks).to(torch.float64)
-        per_node = self.node_costs(net)
-        for split in splits:
-            for m in split.groups:
-                per_node[net.graph.index(m)] = 0.0
+        per_node = torch.tensor([0.0 if net.graph.width_split(n) else float(nodes[n]) for n in net.graph.order],
+                                dtype=torch.float64)  # the groups are timed by their split, below
         out = live @ per_node
         for split in splits:  # the fused pair of its k live groups
             times = torch.cat([torch.zeros(1, dtype=torch.float64), split_times(nodes, split.name, len(split.groups))])
