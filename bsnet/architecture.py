@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from bsnet.inputs import check_spec
 from bsnet.supernet import SuperNetwork
 
 FORMAT_VERSION = 2  # 2: `widths`, the kept channels of each width-split block
@@ -96,7 +97,7 @@ class Architecture:
         if not config.get("input_shape"):
             raise ValueError("the architecture does not record the model's input shape")
         return as_supernet(net, config["input_shape"], gate=config.get("gate", "residual"),
-                           leaf_modules=config.get("leaf_modules", ()))
+                           leaf_modules=config.get("leaf_modules", ()), inputs=config.get("inputs"))
 
     def to_json(self, path: str | Path) -> None:
         from bsnet.runs import atomic_write_text
@@ -207,6 +208,11 @@ class _Checker:
                 self.fail("supernet_config", "gate must be a name or a list of names")
             if not isinstance(leaves, list) or not all(_is_name(n) for n in leaves):
                 self.fail("supernet_config", "leaf_modules must be a list of names")
+            if "inputs" in value:
+                try:
+                    check_spec(value["inputs"])
+                except ValueError as e:
+                    self.fail("supernet_config", str(e))
         return value
 
     def widths(self, value: Any) -> dict[str, list[int]]:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from bsnet import multipliers, projection
 from bsnet.budgets import Budget, budget_limits
 from bsnet.gates import BernoulliGates
+from bsnet.inputs import Inputs, batch_size, to_device
 from bsnet.projection import BudgetError, Found
 from bsnet.supernet import SuperNetwork
 from bsnet.train import correct, task_loss
@@ -153,22 +154,24 @@ class BudgetedSearch:
         return torch.stack([b.cost(self.net, masks).to(torch.float64).reshape(-1) for b in self.budgets]) \
             if self.budgets else torch.zeros(0, masks.shape[0], dtype=torch.float64)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
+    def step(self, x: Inputs, y: torch.Tensor) -> StepStats:
+        """One step on a batch: `x` a tensor or a dict of named tensors (bsnet.inputs), `y` the targets."""
         cfg, net = self.config, self.net
         net.train()
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = to_device(x, self.device), y.to(self.device)
+        size = batch_size(x)
         # BatchNorm updates its running statistics during the forward: keep a copy to undo a diverging step.
         buffers = [(b, b.detach().clone()) for b in net.buffers()]
         if cfg.sampling == "grouped":
-            k = min(cfg.groups, max(1, x.shape[0] // 2))  # at least 2 examples per group (BatchNorm)
+            k = min(cfg.groups, max(1, size // 2))  # at least 2 examples per group (BatchNorm)
             masks, logp = self.gates.sample(k, self.generator)
-            sizes = [len(c) for c in torch.tensor_split(torch.arange(x.shape[0]), k)]
+            sizes = [len(c) for c in torch.tensor_split(torch.arange(size), k)]
             out = net(x, masks, grouped=True)  # masks stay on the CPU, where the forward reads them
             group_of = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)).to(self.device)
         else:
-            masks, logp = self.gates.sample(x.shape[0], self.generator)
+            masks, logp = self.gates.sample(size, self.generator)
             out = net(x, masks)
-            group_of = torch.arange(x.shape[0], device=self.device)
+            group_of = torch.arange(size, device=self.device)
         losses = task_loss(out, y)
         finite = torch.isfinite(losses).all().float().reshape(1)
         if self.world > 1:  # every rank must skip the same steps
@@ -182,7 +185,7 @@ class BudgetedSearch:
                     b.copy_(saved)
             if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
                 raise NonFiniteLossError(f"the loss was NaN or infinite for {self.nonfinite_in_a_row} steps in a row")
-            return StepStats(float("nan"), float("nan"), [float("nan")] * len(self.budgets), 0.0, x.shape[0], True)
+            return StepStats(float("nan"), float("nan"), [float("nan")] * len(self.budgets), 0.0, size, True)
         self.nonfinite_in_a_row = 0
         n_arch = masks.shape[0]
         arch_loss = torch.zeros(n_arch, device=self.device).index_add(0, group_of, losses.detach())
@@ -217,7 +220,7 @@ class BudgetedSearch:
         self.steps += 1
         connected = self.net.graph.connected(masks)
         return StepStats(float(losses.detach().mean()), float(correct(out.detach(), y).mean()), costs.mean(1).tolist(),
-                         1.0 - float(connected.float().mean()), x.shape[0])
+                         1.0 - float(connected.float().mean()), size)
 
     def params_with_grad(self) -> list[torch.Tensor]:
         return [p for p in list(self.net.parameters()) + list(self.gates.parameters()) if p.grad is not None]

@@ -12,6 +12,11 @@ A disconnected architecture (output unreachable) predicts from a zero input to t
 
 The channel groups of a width split (`Graph.add_width_split`, bsnet.width) are nodes like any other, except that the
 live modes run a pair's live groups as one layer pair of their concatenated weights, not one small layer per group.
+
+The inputs are one batch-first tensor or a dict of them (bsnet.inputs). A network may have a `context` module: what
+it computes from the inputs alone (an attention mask, position ids, the batch size) every node module marked
+`reads_context` gets beside its input, `module(h, context)`, and the input node gets it instead of the inputs. It is
+computed per architecture's slice of the batch, so it always matches the examples it is read with.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bsnet.graph import Graph
+from bsnet import inputs as batches
+from bsnet.inputs import Inputs, InputSpec, batch_size, zeros
 from bsnet.width import check_split, fused_forward
 
 
@@ -48,10 +55,13 @@ class SuperNetwork(nn.Module):
         input_shape: one example's input shape, e.g. `(3, 32, 32)`.
         name: registry name (for rebuilding from an architecture file), if any.
         config: the configuration the registry builds it from.
+        context: computes the side values node modules marked `reads_context` read, from the inputs.
+        input_spec: for dict inputs, each input's dtype and per-example shape (bsnet.inputs.InputSpec).
     """
 
     def __init__(self, graph: Graph, modules: Mapping[str, nn.Module], input_shape: Sequence[int], *,
-                 name: str | None = None, config: Mapping[str, Any] | None = None) -> None:
+                 name: str | None = None, config: Mapping[str, Any] | None = None,
+                 context: nn.Module | None = None, input_spec: InputSpec | None = None) -> None:
         super().__init__()
         self.graph = graph.freeze()
         missing = [n for n in self.graph.order if n not in modules]
@@ -62,6 +72,9 @@ class SuperNetwork(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.name = name
         self.config = dict(config or {})
+        self.context = context
+        self.input_spec = None if input_spec is None else dict(input_spec)
+        self._reads = frozenset(n for n, m in self.blocks.items() if getattr(m, "reads_context", False))
         # Per-node inputs, precomputed as (source name, gate index or None) for the forward loops.
         self._inputs = {n: [(e.src, e.gate) for e in self.graph.in_edges(n)] for n in self.graph.order}
         for split in self.graph.width_splits:
@@ -81,6 +94,18 @@ class SuperNetwork(nn.Module):
     def full_mask(self) -> torch.Tensor:
         return torch.ones(self.num_gates)
 
+    def example_inputs(self, batch: int = 1, device: torch.device | str = "cpu") -> Inputs:
+        """Zero inputs of `batch` examples, of the network's input shape or specification."""
+        return zeros(self.input_spec, self.input_shape, batch, device)
+
+    def _node(self, n: str, h: Any, context: Any) -> torch.Tensor:
+        """Node `n`'s module on its combined input `h` (the inputs, for the input node)."""
+        if self.context is None:
+            return self.blocks[n](h)
+        if n == self.graph.input:
+            return self.blocks[n](context)
+        return self.blocks[n](h, context) if n in self._reads else self.blocks[n](h)
+
     @torch.no_grad()
     def _measure(self) -> dict[str, NodeProfile]:
         """Shapes, FLOPs and parameters of every node, on one zero example of the input shape."""
@@ -88,23 +113,28 @@ class SuperNetwork(nn.Module):
         self.eval()  # BatchNorm cannot take training statistics from one 1x1 example
         try:
             device = next((p.device for p in self.parameters()), torch.device("cpu"))
+            inputs = self.example_inputs(1, device)
+            with FlopCounterMode(display=False) as counter:  # what the inputs alone give: the input node's cost
+                context = None if self.context is None else self.context(inputs)
+            context_flops = int(counter.get_total_flops())
             outs: dict[str, torch.Tensor] = {}
             prof = {}
             for n in self.graph.order:
                 if n == self.graph.input:
-                    h = torch.zeros(1, *self.input_shape, device=device)
+                    h = inputs
                 else:
                     ins = [outs[s] for s, _ in self._inputs[n]]
                     if not ins:
                         raise ValueError(f"node {n!r} has no inputs")
                     h = self._combine(n, ins)
                 with FlopCounterMode(display=False) as counter:
-                    y = self.blocks[n](h)
+                    y = self._node(n, h, context)
                 outs[n] = y
-                flops = int(counter.get_total_flops())
+                flops = int(counter.get_total_flops()) + (context_flops if n == self.graph.input else 0)
                 params = sum(p.numel() for p in self.blocks[n].parameters())
                 steps = self.graph.node(n).steps
-                prof[n] = NodeProfile(tuple(h.shape[1:]), tuple(y.shape[1:]), flops, params,
+                in_shape = self.input_shape if n == self.graph.input else tuple(h.shape[1:])
+                prof[n] = NodeProfile(in_shape, tuple(y.shape[1:]), flops, params,
                                       bool(flops > 0) if steps is None else steps)
             return prof
         finally:
@@ -116,22 +146,22 @@ class SuperNetwork(nn.Module):
         return ins[0] if len(ins) == 1 else reduce(add, ins)
 
     # ---- running --------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, grouped: bool = False) -> torch.Tensor:
-        """`mask`: [G] one architecture, [B, G] one per example (the reference's mode), or [K, G] with `grouped`
-        (K architectures on K consecutive slices of the batch). Single and grouped masks only choose which modules
-        run: they are read on the CPU (a GPU mask is copied back at every forward)."""
+    def forward(self, x: Inputs, mask: torch.Tensor | None = None, grouped: bool = False) -> torch.Tensor:
+        """`x`: the inputs (a tensor or a dict of tensors, batch first). `mask`: [G] one architecture, [B, G] one
+        per example (the reference's mode), or [K, G] with `grouped` (K architectures on K consecutive slices of the
+        batch). Single and grouped masks only choose which modules run: they are read on the CPU (a GPU mask is
+        copied back at every forward)."""
         if mask is None:
             mask = self.full_mask()
         if mask.shape[-1] != self.num_gates:
             raise ValueError(f"mask has {mask.shape[-1]} gates, the network has {self.num_gates}")
         if grouped:
-            if mask.dim() != 2 or mask.shape[0] > x.shape[0]:
+            if mask.dim() != 2 or mask.shape[0] > batch_size(x):
                 raise ValueError("grouped mode takes masks shaped [K, num_gates] with K <= batch size")
-            chunks = torch.tensor_split(x, mask.shape[0])
-            return torch.cat([self._forward_live(c, m) for c, m in zip(chunks, mask)])
+            return torch.cat([self._forward_live(c, m) for c, m in zip(batches.split(x, mask.shape[0]), mask)])
         if mask.dim() == 1:
             return self._forward_live(x, mask)
-        if mask.dim() == 2 and mask.shape[0] == x.shape[0]:
+        if mask.dim() == 2 and mask.shape[0] == batch_size(x):
             return self._forward_masked(x, mask)
         raise ValueError(f"mask must be [num_gates] or [batch, num_gates], got {tuple(mask.shape)}")
 
@@ -179,42 +209,47 @@ class SuperNetwork(nn.Module):
         self._plans[key] = plan
         return plan
 
-    def _forward_live(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward_live(self, x: Inputs, mask: torch.Tensor) -> torch.Tensor:
         """Execute only the live sub-graph of one architecture."""
         plan = self._plan(mask)
+        context = None if self.context is None else self.context(x)
         if plan is None:
-            return self._disconnected(x)
-        outs = {self.graph.input: self.blocks[self.graph.input](x)}
+            return self._disconnected(x, context)
+        start = self._node(self.graph.input, x, context)
+        outs = {self.graph.input: start}
         for n, srcs, concat, groups in plan:
-            ins = [outs[s] if isinstance(s, str) else x.new_zeros(x.shape[0], *s) for s in srcs]
+            ins = [outs[s] if isinstance(s, str) else start.new_zeros(start.shape[0], *s) for s in srcs]
             h = torch.cat(ins, dim=1) if concat else ins[0] if len(ins) == 1 else reduce(add, ins)
-            outs[n] = self.blocks[n](h) if groups is None else fused_forward([self.blocks[m] for m in groups], h)
+            outs[n] = self._node(n, h, context) if groups is None else \
+                fused_forward([self.blocks[m] for m in groups], h)
         return outs[self.graph.output]
 
-    def _disconnected(self, x: torch.Tensor) -> torch.Tensor:
+    def _disconnected(self, x: Inputs, context: Any) -> torch.Tensor:
         out = self.graph.output
-        return self.blocks[out](x.new_zeros(x.shape[0], *self.profile[out].in_shape))
+        device = next((p.device for p in self.parameters()), torch.device("cpu"))
+        return self._node(out, torch.zeros(batch_size(x), *self.profile[out].in_shape, device=device), context)
 
-    def _forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward_masked(self, x: Inputs, mask: torch.Tensor) -> torch.Tensor:
         """The reference code's mode: every node computed, gated outputs multiplied per example. A node dead in an
         example's architecture contributes zeros there, also along ungated edges (its BatchNorm shift would leak
         otherwise), so that each example gets what the live mode computes for its architecture."""
-        b = x.shape[0]
-        live = self.graph.live(mask).to(device=x.device, dtype=x.dtype)  # [B, N], from the mask where it lies
-        mask = mask.to(device=x.device, dtype=x.dtype)
+        context = None if self.context is None else self.context(x)
+        outs: dict[str, torch.Tensor] = {self.graph.input: self._node(self.graph.input, x, context)}
+        start = outs[self.graph.input]
+        b = start.shape[0]
+        live = self.graph.live(mask).to(device=start.device, dtype=start.dtype)  # [B, N], from the mask where it lies
+        mask = mask.to(device=start.device, dtype=start.dtype)
         index = self.graph.index
         connected = live[:, index(self.graph.output)]
-        outs: dict[str, torch.Tensor] = {}
         for n in self.graph.order:
             if n == self.graph.input:
-                h = x
-            else:
-                ins = []
-                for s, g in self._inputs[n]:
-                    keep = live[:, index(s)] if g is None else live[:, index(s)] * mask[:, g]
-                    ins.append(outs[s] * keep.view(b, *([1] * (outs[s].dim() - 1))))
-                h = self._combine(n, ins)
-                if n == self.graph.output:  # disconnected examples predict from zeros, as the live mode
-                    h = h * connected.view(b, *([1] * (h.dim() - 1)))
-            outs[n] = self.blocks[n](h)
+                continue
+            ins = []
+            for s, g in self._inputs[n]:
+                keep = live[:, index(s)] if g is None else live[:, index(s)] * mask[:, g]
+                ins.append(outs[s] * keep.view(b, *([1] * (outs[s].dim() - 1))))
+            h = self._combine(n, ins)
+            if n == self.graph.output:  # disconnected examples predict from zeros, as the live mode
+                h = h * connected.view(b, *([1] * (h.dim() - 1)))
+            outs[n] = self._node(n, h, context)
         return outs[self.graph.output]

@@ -56,10 +56,14 @@ def export_module(net: SuperNetwork, architecture: Architecture | torch.Tensor, 
     kept = (mask > 0.5).tolist()
     root = nn.Module()
     fx = torch.fx.Graph()
+    copied: dict[int, object] = {}  # one deep-copy memo for all nodes: a layer two nodes share stays shared
     x = fx.placeholder("x")
+    context = None  # what a captured program computes from its inputs alone (bsnet.supernet)
+    if net.context is not None:
+        root.add_module("context", copy.deepcopy(net.context, copied) if copy_weights else net.context)
+        context = fx.call_module("context", (x,))
     values: dict[str, torch.fx.Node] = {}
     fed: dict[str, torch.fx.Node] = {}  # the value each node's module was called on
-    copied: dict[int, object] = {}  # one deep-copy memo for all nodes: a layer two nodes share stays shared
     for n in graph.order:
         if not live[n]:
             continue
@@ -88,7 +92,13 @@ def export_module(net: SuperNetwork, architecture: Architecture | torch.Tensor, 
                 for other in ins[1:]:
                     h = fx.call_function(operator.add, (h, other))
         fed[n] = h
-        values[n] = _call(fx, attr, root.get_submodule(attr), h)
+        module = root.get_submodule(attr)
+        if context is not None and n == graph.input:
+            values[n] = fx.call_module(attr, (context,))
+        elif getattr(module, "reads_context", False):
+            values[n] = fx.call_module(attr, (h, context))
+        else:
+            values[n] = _call(fx, attr, module, h)
         # Where branches are summed, free what fed them only now, as an eager block's forward does when it returns:
         # freeing it right after its last use changes the order of frees, and glibc then hands more memory back to
         # the OS between calls and faults it in again (BENCHMARKS.md, export).

@@ -1,31 +1,43 @@
 """The `onnx` format: `torch.onnx.export` with a dynamic batch size, checked once with ONNX Runtime."""
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bsnet.inputs import Inputs, InputSpec
+
 
 def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
-                check: bool = True, atol: float = 1e-4) -> Path:
+                check: bool = True, atol: float = 1e-4, input_spec: InputSpec | None = None) -> Path:
+    """`module` as an ONNX file whose batch axis is symbolic: one input named `input`, or for a network of several
+    inputs (`input_spec`, bsnet.inputs) one per input, by name."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise ValueError("ONNX export needs the onnx extra: pip install 'bsnet[onnx]'") from None
     path = Path(path)
     module = module.eval()
-    x = torch.randn(2, *input_shape)
+    x = _example(input_spec, input_shape, 2)
+    batch = torch.export.Dim("batch")
+    names = ["input"] if input_spec is None else list(input_spec)
+    dynamic = {0: batch} if input_spec is None else {n: {0: batch} for n in names}
     # The torch.export-based exporter (PyTorch's default since 2.9), the batch axis symbolic.
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # torchvision-op notices
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+        # A dict as the last positional argument would be read as keyword arguments: pass it by name.
+        first = next(iter(inspect.signature(module.forward).parameters))
+        args, kwargs = ((x,), None) if input_spec is None else ((), {first: x})
+        torch.onnx.export(module, args, str(path), kwargs=kwargs, input_names=names, output_names=["output"],
+                          dynamic_shapes=(dynamic,) if input_spec is None else {first: dynamic}, dynamo=True,
+                          verbose=False)
         if check:
-            _check(module, input_shape, path, atol)
+            _check(module, input_shape, input_spec, path, atol)
     except Exception as e:  # no half-checked file is left behind
         path.unlink(missing_ok=True)
         if isinstance(e, OSError):
@@ -37,13 +49,23 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: str
     return path
 
 
-def _check(module: torch.nn.Module, input_shape: tuple[int, ...], path: Path, atol: float) -> None:
+def _example(spec: InputSpec | None, shape: tuple[int, ...], batch: int) -> Inputs:
+    """Random inputs: normal floats, integers 0 and 1 (valid token ids and mask values)."""
+    if spec is None:
+        return torch.randn(batch, *shape)
+    return {n: torch.randn(batch, *s) if getattr(torch, d).is_floating_point else
+            torch.randint(0, 2, (batch, *s), dtype=getattr(torch, d)) for n, (d, s) in spec.items()}
+
+
+def _check(module: torch.nn.Module, input_shape: tuple[int, ...], spec: InputSpec | None, path: Path,
+           atol: float) -> None:
     """ONNX Runtime must agree with PyTorch, at batch sizes other than the traced one (the axis is dynamic)."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
-        xb = torch.randn(batch, *input_shape)
-        got = sess.run(None, {"input": xb.numpy()})[0]
+        xb = _example(spec, input_shape, batch)
+        feed = {"input": xb.numpy()} if spec is None else {n: v.numpy() for n, v in xb.items()}
+        got = sess.run(None, feed)[0]
         with torch.no_grad():
             want = module(xb).numpy()
         if got.shape != want.shape or not np.allclose(got, want, atol=atol):

@@ -10,7 +10,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-_ADDS = {operator.add, operator.iadd, torch.add}
+MODE_LAYER = "bsnet_mode_"  # a layer bsnet.from_model.capture put in place of a captured operation
+_ADDS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
 
 
 @dataclass
@@ -88,8 +89,17 @@ def check_shapes(model: nn.Module, x: torch.Tensor, names: list[str]) -> None:
 
 # ---- cutting the program ----------------------------------------------------------------------------
 def is_tensor(n: fx.Node) -> bool:
-    t = n.meta.get("type")
-    return isinstance(t, type) and issubclass(t, torch.Tensor)
+    t = n.meta.get("type")  # torch.fx's record; torch.export's is the value itself
+    return (isinstance(t, type) and issubclass(t, torch.Tensor)) or isinstance(n.meta.get("val"), torch.Tensor)
+
+
+def _shape(n: fx.Node) -> tuple | None:
+    """A node's shape, symbolic sizes (torch.export's batch) as text."""
+    value = n.meta.get("val")
+    if isinstance(value, torch.Tensor):
+        return tuple(str(s) for s in value.shape)
+    meta = n.meta.get("tensor_meta")
+    return None if meta is None else tuple(str(s) for s in meta.shape)
 
 
 def cuts(order: list[fx.Node]) -> list[fx.Node | None]:
@@ -120,8 +130,8 @@ def _is_residual_add(n: fx.Node) -> bool:
         return False
     if not all(is_tensor(a) and a.op != "get_attr" for a in (n, *n.args)):
         return False
-    shapes = [a.meta.get("tensor_meta") for a in (n, *n.args)]
-    return all(s is not None for s in shapes) and len({tuple(s.shape) for s in shapes}) == 1  # no broadcasting
+    shapes = [_shape(a) for a in (n, *n.args)]
+    return all(s is not None for s in shapes) and len(set(shapes)) == 1  # no broadcasting
 
 
 def residual_blocks(order: list[fx.Node], cut: list[fx.Node | None]) -> list[Block]:
@@ -159,6 +169,8 @@ def _split_block(order: list[fx.Node], pos: dict[fx.Node, int], x: fx.Node, a: f
     side_u, side_v = ancestors(u), ancestors(v)
     if side_u & side_v or not (side_u or side_v):
         return None
+    if any(side and not any(x in n.all_input_nodes for n in side) for side in (side_u, side_v)):
+        return None  # a side that never reads x adds something else (token-type embeddings), not a branch of x
     # Nodes on neither side compute nothing the addition reads, but may act in place: keep them with their side.
     for n in inner:
         if n in side_u or n in side_v:
@@ -206,14 +218,16 @@ def gated_modules(order: list[fx.Node], cut: list[fx.Node | None], names: list[s
 
 # ---- naming the gates -------------------------------------------------------------------------------
 def _module_path(n: fx.Node) -> str:
-    if n.op == "call_module":
+    if n.op == "call_module" and not n.target.startswith(MODE_LAYER):
         return n.target
     stack = n.meta.get("nn_module_stack")
     return next(reversed(stack.values()))[0] if stack else ""
 
 
 def name_branches(model: nn.Module, blocks: list[Block]) -> None:
-    """Name each gate after the deepest module holding all of its branch (`layer1.0`, `blocks.3.attn`)."""
+    """Name each gate after the deepest module holding all of its branch (`layer1.0`, `blocks.3.attn`), or that
+    module's largest child the branch runs where the module holds other branches too (a BERT layer's MLP:
+    `encoder.layer.0.output`, beside `encoder.layer.0.attention`)."""
     prefixes = []
     for b in blocks:
         paths = [_module_path(n).split(".") if _module_path(n) else [] for n in b.branch]
@@ -226,11 +240,12 @@ def name_branches(model: nn.Module, blocks: list[Block]) -> None:
         prefixes.append((common, paths))
     counts: dict[str, int] = {}
     for common, _ in prefixes:
-        counts[".".join(common)] = counts.get(".".join(common), 0) + 1
+        for k in range(len(common) + 1):  # a module counts the branches inside it, at any depth
+            counts[".".join(common[:k])] = counts.get(".".join(common[:k]), 0) + 1
     used: set[str] = set()
     for b, (common, paths) in zip(blocks, prefixes):
         name = ".".join(common)
-        if counts[name] > 1:  # several branches in one module (a transformer block): its largest child
+        if counts[name] > 1:  # several branches in one module (a transformer layer): its largest child
             children = {p[len(common)] for p in paths if len(p) > len(common)}
             if children:
                 best = max(sorted(children), key=lambda c: sum(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -12,8 +12,10 @@ from torch import nn
 
 from bsnet.from_model.blocks import Block, check_shapes, cuts, gate_names, gated_modules, is_tensor, name_branches, \
     residual_blocks
-from bsnet.from_model.trace import Leaf, capture, leaves_record, resolve_leaves, single_input
+from bsnet.from_model.capture import Program, bind, export_program
+from bsnet.from_model.trace import Leaf, capture, leaves_record, resolve_leaves
 from bsnet.graph import Graph
+from bsnet.inputs import Inputs, check_spec, spec_of, zeros
 from bsnet.supernet import SuperNetwork
 
 
@@ -28,43 +30,64 @@ class Increment(nn.Module):
         return self.module(x) - x
 
 
-def from_model(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
+def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] | None = None, *,
                gate: str | Sequence[str] = "residual", leaf_modules: Sequence[Leaf] = ()) -> SuperNetwork:
     """A super network whose gates switch the residual branches (or the named modules) of `model`.
 
-    Its `config` records how to convert the model again: `from_model` (the class name), `input_shape`, `gate` and
-    `leaf_modules` (as `module.QualName` class names and submodule paths; nothing that needs an import).
+    The model is captured with symbolic torch.fx where it can be (modules stay modules: leaf modules, named gates and
+    the python export need that), else with torch.export (bsnet.from_model.capture), which follows Hugging Face
+    transformers and any Python that runs the same way on every batch. The super network takes one tensor, or for a
+    model of several tensor arguments a dict of them by name, and predicts the model's output tensor, its `logits`
+    or its first output.
+
+    Its `config` records how to convert the model again: `from_model` (the class name), `input_shape` (`inputs`, each
+    input's dtype and shape, for several), `gate`, `leaf_modules` (as `module.QualName` class names and submodule
+    paths; nothing that needs an import).
 
     Args:
-        model: the network, with its trained weights; it must take one tensor and return one tensor.
-        example_inputs: one batch of inputs (a tensor, or a one-tensor tuple); its shape less the batch
-            dimension is the super network's input shape.
+        model: the network, with its trained weights.
+        example_args: one batch of inputs: a tensor, or a tuple of `forward`'s positional arguments.
+        example_kwargs: `forward`'s keyword arguments (`input_ids=..., attention_mask=...`); tensors are inputs,
+            anything else keeps its example value.
         gate: `"residual"` gates every residual branch; a list of qualified module names gates those modules
             (each must return a tensor shaped like its input; dropping it makes it the identity).
-        leaf_modules: modules traced as single operations (needed for modules with data-dependent control flow,
-            which torch.fx cannot trace through): classes, instances, submodule paths (`"body.1"`) or class names
-            (`"Flip"` or `"pkg.layers.Flip"`, matched against the classes of the model's submodules).
+        leaf_modules: modules traced as single operations by torch.fx: classes, instances, submodule paths
+            (`"body.1"`) or class names (`"Flip"` or `"pkg.layers.Flip"`).
 
     Raises:
-        ValueError: the model cannot be traced (the message names the submodule to put in `leaf_modules`), a
+        ValueError: the model cannot be captured (the message names the submodule and the construct that failed), a
             leaf or a gated module is not in the model, a gated module changes its input's shape, or nothing can
             be gated.
     """
-    x = single_input(example_inputs)
+    args = tuple(example_args) if isinstance(example_args, (tuple, list)) else (example_args,)
+    inputs, fixed = bind(model, args, example_kwargs or {})
     names = gate_names(model, gate)
     leaves = resolve_leaves(model, leaf_modules)
     was_training = model.training
-    model.eval()  # trace and measure in inference mode: no running statistics change, no dropout
+    model.eval()  # capture and measure in inference mode: no running statistics change, no dropout
     try:
-        if names:
-            check_shapes(model, x, names)
-        gm = capture(model, x, [*leaves, *names])
-        order = [n for n in gm.graph.nodes if n.op != "get_attr"]
-        out = order[-1].args[0]
-        if not isinstance(out, fx.Node) or not is_tensor(out):
-            kind = "a dict" if isinstance(out, dict) else "a tuple" if isinstance(out, (tuple, list)) else "no tensor"
-            raise ValueError(f"from_model needs a model that returns one tensor; {type(model).__qualname__} "
-                             f"returns {kind}")
+        program = None
+        if isinstance(inputs, torch.Tensor):
+            if names:
+                check_shapes(model, inputs, names)
+            gm, fx_error = _fx_program(model, inputs, [*leaves, *names])
+            if gm is None:
+                if names or leaves:  # modules kept whole or gated by name are torch.fx's
+                    raise ValueError(fx_error)
+                try:
+                    program = export_program(model, inputs, fixed)
+                except ValueError as e:
+                    raise ValueError(f"{fx_error}; {e}") from None
+        elif names or leaves:
+            raise ValueError("gate=[...] and leaf_modules need a model of one tensor input that torch.fx can trace")
+        else:
+            program = export_program(model, inputs, fixed)
+        if program is None:
+            order = [n for n in gm.graph.nodes if n.op != "get_attr"]
+            out, first, root = order[-1].args[0], 1, model
+        else:
+            order = [n for n in program.gm.graph.nodes if n.op != "get_attr" and n not in program.context]
+            out, first, root = program.output, 0, program.gm
         cut = cuts(order)
         blocks = gated_modules(order, cut, names) if names else residual_blocks(order, cut)
         if not blocks:
@@ -72,17 +95,33 @@ def from_model(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.T
                              f"operands both come from one tensor); name modules to gate with gate=[...]")
         if not names:
             name_branches(model, blocks)
-        config = {"from_model": type(model).__qualname__, "input_shape": list(x.shape[1:]),
+        shape = tuple(next(iter(inputs.values())).shape[1:] if isinstance(inputs, dict) else inputs.shape[1:])
+        config = {"from_model": type(model).__qualname__, "input_shape": list(shape),
                   "gate": list(names) if names else "residual", "leaf_modules": leaves_record(model, leaves)}
-        net = _build(model, order, blocks, tuple(x.shape[1:]), config)
+        if isinstance(inputs, dict):
+            config["inputs"] = {k: [d, list(s)] for k, (d, s) in spec_of(inputs).items()}
+        net = _build(root, order, first, blocks, shape, config, out, program, model)
     finally:
         model.train(was_training)
     net.train(was_training)
     return net
 
 
+def _fx_program(model: nn.Module, x: torch.Tensor, leaves: list) -> tuple[fx.GraphModule | None, str]:
+    """The model as a symbolic torch.fx program returning one tensor, or None and why not."""
+    try:
+        gm = capture(model, x, leaves)
+    except ValueError as e:
+        return None, str(e)
+    out = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+    if not isinstance(out, fx.Node) or not is_tensor(out):
+        kind = "a dict" if isinstance(out, dict) else "a tuple" if isinstance(out, (tuple, list)) else "no tensor"
+        return None, f"{type(model).__qualname__} returns {kind} to torch.fx"
+    return gm, ""
+
+
 def as_supernet(obj: object, input_shape: Sequence[int] | None = None, *, gate: str | Sequence[str] = "residual",
-                leaf_modules: Sequence[Leaf] = ()) -> SuperNetwork:
+                leaf_modules: Sequence[Leaf] = (), inputs: Mapping[str, Any] | None = None) -> SuperNetwork:
     """A super network from what a user hands bsnet: a SuperNetwork as it is, a plain model through `from_model`.
 
     Args:
@@ -91,6 +130,7 @@ def as_supernet(obj: object, input_shape: Sequence[int] | None = None, *, gate: 
         gate: as in `from_model`; not used for a SuperNetwork.
         leaf_modules: as in `from_model` (names are matched against the model's submodules); not used for a
             SuperNetwork.
+        inputs: for a model of several inputs, their specification as `from_model` records it (`config["inputs"]`).
 
     Raises:
         ValueError: `obj` is not a torch module; a model without `input_shape`; a SuperNetwork of another input
@@ -106,23 +146,87 @@ def as_supernet(obj: object, input_shape: Sequence[int] | None = None, *, gate: 
         raise ValueError(f"expected a torch model or a bsnet SuperNetwork, got {kind}")
     if shape is None:
         raise ValueError(f"making a super network of {type(obj).__qualname__} needs its input shape")
-    device = next((p.device for p in obj.parameters()), None)
+    device = next((p.device for p in obj.parameters()), None) or "cpu"
+    if inputs is not None:
+        return from_model(obj, (), zeros(check_spec(inputs), shape, 2, device), gate=gate, leaf_modules=leaf_modules)
     return from_model(obj, torch.zeros(1, *shape, device=device), gate=gate, leaf_modules=leaf_modules)
 
 
 # ---- node modules -----------------------------------------------------------------------------------
-def _segment(model: nn.Module, nodes: list[fx.Node], start: fx.Node, end: fx.Node, *,
-             out_of_place: bool = False) -> nn.Module:
-    """A module computing `end` from the value of `start` by running `nodes` (in program order)."""
+class Start(nn.Module):
+    """The input node of a captured program: its code up to the first cut, on the context (which holds the inputs)."""
+
+    def __init__(self, module: nn.Module, reads: Sequence[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.reads = list(reads)
+
+    def forward(self, context: Mapping[str, Any]) -> torch.Tensor:
+        return self.module(*[context[n] for n in self.reads])
+
+
+class ReadsContext(nn.Module):
+    """A node module that reads values of the context (an attention mask, the batch size) beside its input."""
+
+    reads_context = True
+
+    def __init__(self, module: nn.Module, reads: Sequence[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.reads = list(reads)
+
+    def forward(self, x: torch.Tensor, context: Mapping[str, Any]) -> torch.Tensor:
+        return self.module(x, *[context[n] for n in self.reads])
+
+
+class Context(nn.Module):
+    """What a captured program computes from its inputs alone, as a dict by node name (bsnet.supernet)."""
+
+    def __init__(self, program: fx.GraphModule, names: Sequence[str] | None) -> None:
+        super().__init__()
+        self.program = program
+        self.names = None if names is None else list(names)
+
+    def forward(self, inputs: Inputs) -> dict[str, Any]:
+        if self.names is None:
+            return self.program(inputs)
+        return self.program(*[inputs[n] for n in self.names])
+
+
+def _context_module(program: Program, needed: list[str]) -> Context:
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    want = {n for n in program.context if n.name in needed}
+    keep, todo = set(), list(want)
+    while todo:
+        n = todo.pop()
+        if n not in keep:
+            keep.add(n)
+            todo.extend(n.all_input_nodes)
+    for n in program.gm.graph.nodes:
+        if n.op == "placeholder" or n in keep:
+            env[n] = g.node_copy(n, env.__getitem__)
+    g.output({n.name: env[n] for n in program.gm.graph.nodes if n in want})
+    return Context(fx.GraphModule(program.gm, g, class_name="Context"), program.names)
+
+
+def _segment(root: nn.Module, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node, *,
+             out_of_place: bool = False, context: set[fx.Node] = frozenset()) -> nn.Module:
+    """A module computing `end` from the value of `start` by running `nodes` (in program order); values of the
+    `context` it reads come as further arguments (`ReadsContext`), and with no `start` they are all it reads
+    (`Start`)."""
     if not nodes:
         if start is not end:
             raise AssertionError("an empty segment must pass its input through")
         return nn.Identity()
     if len(nodes) == 1 and nodes[0] is end and end.op == "call_module" and end.args == (start,) \
             and not end.kwargs and not out_of_place:
-        return model.get_submodule(end.target)  # a single layer needs no generated code
+        return root.get_submodule(end.target)  # a single layer needs no generated code
     g = fx.Graph()
-    env = {start: g.placeholder("x")}
+    env = {} if start is None else {start: g.placeholder("x")}
+    reads = list(dict.fromkeys(i for n in nodes for i in n.all_input_nodes if i in context))
+    for i in reads:
+        env[i] = g.placeholder(f"context_{i.name}")
     for n in nodes:
         for i in n.all_input_nodes:
             if i not in env:
@@ -131,17 +235,21 @@ def _segment(model: nn.Module, nodes: list[fx.Node], start: fx.Node, end: fx.Nod
                 env[i] = g.node_copy(i)
         env[n] = g.node_copy(n, env.__getitem__)
     g.output(env[end])
-    module = fx.GraphModule(model, g, class_name="Segment")
+    module = fx.GraphModule(root, g, class_name="Segment")
     if out_of_place:
         _no_inplace(module)
-    return module
+    names = [i.name for i in reads]
+    if start is None:
+        return Start(module, names)
+    return ReadsContext(module, names) if names else module
 
 
 def _no_inplace(module: fx.GraphModule) -> None:
     """Turn in-place activations out of place.
 
     A join with one live input receives its source's tensor itself, not a fresh sum as in the model, and an
-    in-place ReLU there would overwrite a tensor autograd saved. Copies of parameter-free layers replace them.
+    in-place ReLU there would overwrite a tensor autograd saved. Copies of parameter-free layers replace them;
+    in-place ATen operations (`relu_`, captured by torch.export) become their out-of-place forms.
     """
     for n in module.graph.nodes:
         if n.op == "call_module":
@@ -153,6 +261,10 @@ def _no_inplace(module: fx.GraphModule) -> None:
                 module.add_submodule(n.target, layer)
         elif n.op == "call_function" and n.kwargs.get("inplace") is True:
             n.kwargs = {**n.kwargs, "inplace": False}
+        elif n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):
+            packet = n.target.overloadpacket.__name__
+            if packet.endswith("_") and not packet.startswith("_") and hasattr(torch.ops.aten, packet[:-1]):
+                n.target = getattr(getattr(torch.ops.aten, packet[:-1]), n.target._overloadname)
     module.recompile()
 
 
@@ -165,28 +277,32 @@ def _node_name(text: str, taken: set[str]) -> str:
     return unique
 
 
-def _build(model: nn.Module, order: list[fx.Node], blocks: list[Block], input_shape: tuple[int, ...],
-           config: dict) -> SuperNetwork:
-    """The chain input -> (branch, skip) -> join -> ... : one gated edge per block, into the join's sum."""
+def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block], input_shape: tuple[int, ...],
+           config: dict, out: fx.Node, program: Program | None, model: nn.Module) -> SuperNetwork:
+    """The chain input -> (branch, skip) -> join -> ... : one gated edge per block, into the join's sum. `order`
+    holds the program's nodes from `first` on (before it: the torch.fx program's input); `root` owns what they
+    read."""
+    context = set() if program is None else program.context
     taken: set[str] = set()
     g = Graph(input="input", output="")
     modules: dict[str, nn.Module] = {}
     prev = _node_name("input", taken)
     g.add_node(prev)
-    modules[prev] = _segment(model, order[1:blocks[0].start + 1], order[0], blocks[0].x)
+    modules[prev] = _segment(root, order[first:blocks[0].start + 1], None if first == 0 else order[0],
+                             blocks[0].x, context=context)
     for i, b in enumerate(blocks):
         base = _node_name(b.name, taken)
         g.add_node(base)
         if b.module is not None:
             modules[base] = Increment(model.get_submodule(b.module))
         else:
-            modules[base] = _segment(model, b.branch, b.x, b.branch_out)
+            modules[base] = _segment(root, b.branch, b.x, b.branch_out, context=context)
         g.add_edge(prev, base)
         skip = prev
         if b.skip_out is not None:
             skip = _node_name(f"{b.name}_skip", taken)
             g.add_node(skip)
-            modules[skip] = _segment(model, b.skip, b.x, b.skip_out)
+            modules[skip] = _segment(root, b.skip, b.x, b.skip_out, context=context)
             g.add_edge(prev, skip)
         join = _node_name(f"{b.name}_add", taken)
         g.add_node(join)
@@ -194,8 +310,13 @@ def _build(model: nn.Module, order: list[fx.Node], blocks: list[Block], input_sh
         g.add_edge(skip, join)
         last = i + 1 == len(blocks)
         stop = len(order) - 1 if last else blocks[i + 1].start + 1
-        end = order[-1].args[0] if last else blocks[i + 1].x
-        modules[join] = _segment(model, order[b.end + 1:stop], b.join, end, out_of_place=True)
+        end = out if last else blocks[i + 1].x
+        modules[join] = _segment(root, order[b.end + 1:stop], b.join, end, out_of_place=True, context=context)
         prev = join
     g.output = prev
-    return SuperNetwork(g, modules, input_shape, name=None, config=config)
+    if program is None:
+        return SuperNetwork(g, modules, input_shape, name=None, config=config)
+    needed = list(dict.fromkeys(n for m in modules.values() for n in getattr(m, "reads", ())))
+    spec = None if program.names is None else {k: (d, tuple(s)) for k, (d, s) in config["inputs"].items()}
+    return SuperNetwork(g, modules, input_shape, name=None, config=config,
+                        context=_context_module(program, needed), input_spec=spec)

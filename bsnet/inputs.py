@@ -1,0 +1,62 @@
+"""What a super network takes: one batch-first tensor, or a dict of named batch-first tensors (token ids and an
+attention mask, for a text model), and the few things the engine does with either (move, split, count, make)."""
+from __future__ import annotations
+
+from typing import Mapping, Union
+
+import torch
+
+Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+# One example's inputs as data: name -> (dtype name, shape without the batch dimension).
+InputSpec = dict[str, tuple[str, tuple[int, ...]]]
+
+
+def batch_size(inputs: Inputs) -> int:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.shape[0]
+    return next(iter(inputs.values())).shape[0]
+
+
+def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def split(inputs: Inputs, k: int) -> list[Inputs]:
+    """`torch.tensor_split` into k consecutive slices of the batch; every tensor of a dict alike."""
+    if isinstance(inputs, torch.Tensor):
+        return list(torch.tensor_split(inputs, k))
+    parts = {name: torch.tensor_split(v, k) for name, v in inputs.items()}
+    return [{name: p[i] for name, p in parts.items()} for i in range(k)]
+
+
+def spec_of(inputs: Mapping[str, torch.Tensor]) -> InputSpec:
+    return {name: (str(v.dtype).removeprefix("torch."), tuple(int(s) for s in v.shape[1:]))
+            for name, v in inputs.items()}
+
+
+def zeros(spec: InputSpec | None, shape: tuple[int, ...], batch: int = 1,
+          device: torch.device | str = "cpu") -> Inputs:
+    """Inputs of `batch` examples for measuring a network: zeros of the input shape, or of every named input's
+    dtype and shape (token id 0 exists in every vocabulary)."""
+    if spec is None:
+        return torch.zeros(batch, *shape, device=device)
+    return {name: torch.zeros(batch, *s, dtype=getattr(torch, dtype), device=device)
+            for name, (dtype, s) in spec.items()}
+
+
+def check_spec(value: object) -> InputSpec:
+    """A recorded input specification, validated as data (from a config or an architecture file)."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError("inputs must map input names to [dtype, shape]")
+    spec: InputSpec = {}
+    for name, entry in value.items():
+        ok = isinstance(name, str) and name.isidentifier() and isinstance(entry, (list, tuple)) and len(entry) == 2
+        dtype, shape = entry if ok else (None, None)
+        ok = ok and isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype)
+        ok = ok and isinstance(shape, (list, tuple)) and all(isinstance(s, int) and s >= 1 for s in shape)
+        if not ok:
+            raise ValueError(f"inputs: {name!r} must be [a torch dtype name, a list of positive sizes]")
+        spec[name] = (dtype, tuple(shape))
+    return spec

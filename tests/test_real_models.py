@@ -1,0 +1,294 @@
+"""from_model on the models users have, as they are: a MobileNetV2- and a ResNet-50-style network written here, and
+Hugging Face ViT, BERT and GPT-2 (tiny configurations built in the test, random weights, nothing downloaded), the
+transformers captured by torch.export with their dict of inputs."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import bsnet
+from bsnet.budgets import parse_budget
+from bsnet.costs import FlopsCost
+from bsnet.export import export_module
+from bsnet.export.onnx import export_onnx
+from bsnet.from_model import from_model
+from bsnet.inputs import split
+from bsnet.search import BudgetedSearch
+
+transformers = pytest.importorskip("transformers")
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, depthwise 3x3, 1x1 projection; a residual only where shapes match."""
+
+    def __init__(self, c_in, c_out, stride, expand):
+        super().__init__()
+        hidden = c_in * expand
+        self.use_res = stride == 1 and c_in == c_out
+        layers = []
+        if expand != 1:
+            layers += [nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU6(inplace=True), nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, classes=10, setting=((1, 8, 1, 1), (4, 12, 2, 2), (4, 16, 2, 2))):  # t, c, n, s
+        super().__init__()
+        c = 8
+        features = [nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU6(inplace=True))]
+        for t, out, n, s in setting:
+            for i in range(n):
+                features.append(InvertedResidual(c, out, s if i == 0 else 1, t))
+                c = out
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(c, classes))
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return self.classifier(x)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c_in, width, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, 4 * width, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or c_in != 4 * width:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, 4 * width, 1, stride, bias=False),
+                                            nn.BatchNorm2d(4 * width))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNet50(nn.Module):
+    """ResNet-50's shape at toy size: bottleneck blocks, a projection where the shape changes."""
+
+    def __init__(self, widths=(4, 8), blocks=(2, 2), classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        c = 8
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            layer = []
+            for j in range(n):
+                layer.append(Bottleneck(c, w, 2 if i and not j else 1))
+                c = 4 * w
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(torch.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ShapeBranching(nn.Module):
+    """Python torch.fx cannot follow (a branch on a size) but torch.export can, with BatchNorm and dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        if h.shape[-1] > 4:  # sizes are Proxies to symbolic torch.fx
+            h = h + self.body(h)
+        return self.head(h.mean((2, 3)))
+
+
+def images(batch=3):
+    return torch.randn(batch, 3, 32, 32)
+
+
+def tokens(batch=3):
+    ids = torch.randint(1, 100, (batch, 16))
+    mask = torch.ones(batch, 16, dtype=torch.long)
+    mask[0, 10:] = 0  # one padded sequence
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def hf_vit():
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64, num_labels=10)
+    return transformers.ViTForImageClassification(config)
+
+
+def hf_bert():
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    return transformers.BertForSequenceClassification(config)
+
+
+def hf_gpt2():
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=3,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    return transformers.GPT2ForSequenceClassification(config)
+
+
+def randomised(model):
+    """Trained-looking BatchNorm statistics, so that eval-mode comparisons mean something."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+# family -> (model factory, example inputs, the residual gates expected)
+FAMILIES = {
+    "mobilenetv2": (MobileNetV2, images, ["features.1.conv", "features.3.conv", "features.5.conv"]),
+    "resnet50": (ResNet50, images, ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]),
+    "shape-branching": (ShapeBranching, images, ["body"]),
+    "hf-vit": (hf_vit, images, ["vit.layers.0.attention", "vit.layers.0.mlp", "vit.layers.1.attention",
+                                "vit.layers.1.mlp"]),
+    "hf-bert": (hf_bert, tokens, ["bert.encoder.layer.0.attention", "bert.encoder.layer.0.output",
+                                  "bert.encoder.layer.1.attention", "bert.encoder.layer.1.output"]),
+    "hf-gpt2": (hf_gpt2, tokens, ["transformer.h.0.attn", "transformer.h.0.mlp", "transformer.h.1.attn",
+                                  "transformer.h.1.mlp"]),
+}
+
+
+def convert(model, inputs):
+    """from_model as a user calls it: a tensor positionally, a text model's inputs by keyword."""
+    if isinstance(inputs, dict):
+        return from_model(model, (), inputs)
+    return from_model(model, inputs)
+
+
+def predict(model, inputs):
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request):
+    factory, make_inputs, gates = FAMILIES[request.param]
+    torch.manual_seed(0)
+    model = randomised(factory())
+    inputs = make_inputs()
+    return model, convert(model, inputs).eval(), inputs, gates
+
+
+def half_mask(net):
+    """Every other gate dropped."""
+    mask = net.full_mask()
+    mask[::2] = 0
+    return mask
+
+
+def test_all_ones_mask_is_the_model(family):
+    model, net, inputs, _ = family
+    with torch.no_grad():
+        assert (net(inputs, net.full_mask()) - predict(model, inputs)).abs().max() <= 1e-5
+
+
+def test_every_residual_branch_is_gated(family):
+    _, net, _, gates = family
+    assert net.gate_names == gates
+
+
+def test_grouped_and_per_example_masks_give_each_example_its_architecture(family):
+    _, net, inputs, _ = family
+    masks = torch.stack([half_mask(net), net.full_mask(), 1 - half_mask(net)])
+    with torch.no_grad():
+        alone = torch.cat([net(x, m) for x, m in zip(split(inputs, 3), masks)])
+        assert (net(inputs, masks, grouped=True) - alone).abs().max() <= 1e-5
+        assert (net(inputs, masks) - alone).abs().max() <= 1e-5
+
+
+def test_twenty_search_steps_under_half_the_flops_move_the_gates_and_lambda(family):
+    model, net, _, _ = family
+    torch.manual_seed(0)
+    inputs = net.example_inputs(8)  # 4 architectures of 2 examples per step
+    inputs = {k: torch.randint(1, 100, v.shape) for k, v in inputs.items()} if isinstance(inputs, dict) \
+        else torch.randn(inputs.shape)
+    net = convert(copy.deepcopy(model), inputs)
+    flops = FlopsCost()
+    # Half the FLOPs, or as little as whole residual branches allow (MobileNetV2's are its cheap part).
+    cheapest = float(flops(net, torch.zeros(net.num_gates)) / flops(net, net.full_mask()))
+    search = BudgetedSearch(net, [parse_budget(f"{max(50, round(100 * cheapest) + 5)}%")])
+    before = search.gates.probs().detach().clone()
+    targets = torch.randint(0, net.profile[net.graph.output].out_shape[-1], (8,))
+    costs = [search.step(inputs, targets).costs[0] for _ in range(20)]
+    assert all(torch.isfinite(torch.tensor(costs))) and max(costs) > 0
+    assert not torch.equal(search.gates.probs().detach(), before)
+    assert float(search.lambdas[0]) != 0.0
+
+
+def test_a_variant_exports_with_fewer_parameters_equal_outputs_and_its_counted_flops(family, tmp_path):
+    model, net, inputs, _ = family
+    mask = half_mask(net)
+    plain = export_module(net, mask).eval()
+    with torch.no_grad():
+        assert (plain(inputs) - net(inputs, mask)).abs().max() <= 1e-5
+    assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        plain(net.example_inputs(1))
+    assert float(FlopsCost()(net, mask)) == pytest.approx(counter.get_total_flops(), rel=0.01)
+    path = export_onnx(plain, net.input_shape, tmp_path / "variant.onnx", input_spec=net.input_spec)  # ORT-checked
+    assert path.stat().st_size > 0
+
+
+def test_dropout_and_batchnorm_follow_the_training_flag_after_torch_export():
+    torch.manual_seed(0)
+    model = randomised(ShapeBranching())
+    x = images(4)
+    net = from_model(model, x)
+    assert net.input_spec is None and "Start" in type(net.blocks["input"]).__name__
+    running = model.body[1].running_mean.clone()
+    with torch.no_grad():
+        net.eval()
+        assert torch.equal(net(x), net(x)) and torch.equal(model.body[1].running_mean, running)
+        net.train()
+        assert not torch.equal(net(x), net(x))  # dropout is on
+    assert not torch.equal(model.body[1].running_mean, running)  # the model's own BatchNorm learned the batches
+
+
+def test_a_text_model_is_rebuilt_from_its_architecture_file(tmp_path):
+    torch.manual_seed(0)
+    model, inputs = randomised(hf_gpt2()), tokens()
+    net = convert(model, inputs).eval()
+    assert net.config["inputs"] == {"input_ids": ["int64", [16]], "attention_mask": ["int64", [16]]}
+    arch = bsnet.Architecture(None, net.config, {g: 1.0 for g in net.gate_names}, net.gate_names[1:])
+    arch.to_json(tmp_path / "architecture.json")
+    again = bsnet.Architecture.from_json(tmp_path / "architecture.json").supernet_network(model).eval()
+    mask = arch.mask(again.gate_names)
+    with torch.no_grad():
+        assert (again(inputs, mask) - net(inputs, mask)).abs().max() <= 1e-6
+
+
+def test_a_model_neither_capture_follows_is_named_with_both_reasons():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = self.stem(x)
+            # data-dependent: neither torch.fx nor torch.export can follow it
+            if h.sum() > 0:
+                h = -h
+            return h + h.relu()
+
+    with pytest.raises(ValueError, match=r"torch\.fx.*`if h\.sum\(\) > 0:`.*torch\.export.*data-dependent"):
+        from_model(Untraceable(), images())
