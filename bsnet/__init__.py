@@ -11,10 +11,11 @@ from bsnet.export.load import load  # noqa: E402
 from bsnet.from_model import from_model  # noqa: E402
 from bsnet.config import RunConfig  # noqa: E402
 from bsnet.pipeline import run_search  # noqa: E402
+from bsnet.fit import FitReport, fit  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Architecture", "BernoulliGates", "Cost", "FlopsCost", "FunctionCost", "Graph", "LatencyCost",
-           "ParallelCost", "ParamsCost", "RunConfig", "SuperNetwork", "build_network", "create_supernet",
-           "export_module", "from_model", "list_costs", "list_datasets", "list_supernets", "load", "register_cost",
-           "register_dataset", "register_supernet", "run_search", "__version__"]
+__all__ = ["Architecture", "BernoulliGates", "Cost", "FitReport", "FlopsCost", "FunctionCost", "Graph",
+           "LatencyCost", "ParallelCost", "ParamsCost", "RunConfig", "SuperNetwork", "build_network",
+           "create_supernet", "export_module", "fit", "from_model", "list_costs", "list_datasets", "list_supernets",
+           "load", "register_cost", "register_dataset", "register_supernet", "run_search", "__version__"]

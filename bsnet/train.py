@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bsnet.data import DataSplits, batches, num_batches
+from bsnet.inputs import to_device
 from bsnet.supernet import SuperNetwork
 
 
@@ -114,7 +115,7 @@ def _predictions(model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tens
                  mask: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     with torch.no_grad(), _Evaluating(model):
         for x, y in data:
-            x = x.to(device)
+            x = to_device(x, device)
             yield (model(x) if mask is None else model(x, mask)), y.to(device)
 
 
@@ -159,7 +160,7 @@ def recalibrate_bn(net: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
     was = net.training
     net.train()
     for x, _ in data:
-        run(x.to(device))
+        run(to_device(x, device))
     net.train(was)
     for m, mom in zip(bns, saved):
         m.momentum = mom
@@ -178,7 +179,7 @@ def finetune(net: SuperNetwork, mask: torch.Tensor, batches_fn: Callable[[int], 
     for epoch in range(epochs):
         for x, y in batches_fn(epoch):
             opt.zero_grad(set_to_none=True)
-            task_loss(net(x.to(device), mask), y.to(device)).mean().backward()
+            task_loss(net(to_device(x, device), mask), y.to(device)).mean().backward()
             opt.step()
             sched.step()
             if on_step:

@@ -1,0 +1,97 @@
+"""fit: the whole job on a user's own model in one call. The model becomes a super network (`from_model`), the search
+learns which of its residual branches to keep under the budgets from the user's batches, and the found variant is
+fine-tuned and returned as a plain network with a report. No files are written: save the variant as you like
+(`bsnet.export`), or use `bsnet.run_search` for a run directory with checkpoints, resume and the CLI's commands."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+import bsnet
+from bsnet.architecture import Architecture, kept_names
+from bsnet.budgets import parse_budget
+from bsnet.costs.registry import all_costs
+from bsnet.export.module import export_module
+from bsnet.from_model import from_model
+from bsnet.search import BudgetedSearch, SearchConfig
+from bsnet.train import accuracy, finetune, recalibrate_bn
+
+Batches = Iterable[tuple[Any, torch.Tensor]]  # (inputs: a tensor or a dict of tensors, targets), a DataLoader say
+
+
+@dataclass
+class FitReport:
+    """What `fit` found and measured; costs per example, in each cost's units."""
+
+    architecture: Architecture
+    cost: dict[str, float]
+    full_cost: dict[str, float]
+    val_acc: float | None = None  # the fine-tuned variant's accuracy on `val`
+    val_acc_model: float | None = None  # the model's own, before the search
+    seconds: dict[str, float] = field(default_factory=dict)  # search, fine-tune
+
+    def fraction(self, cost: str = "flops") -> float:
+        """The variant's cost as a share of the model's."""
+        return self.cost[cost] / self.full_cost[cost]
+
+
+def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] | None = None, *,
+        budgets: Sequence[str], train: Batches | Callable[[], Batches],
+        val: Batches | Callable[[], Batches] | None = None, epochs: int = 3, finetune_epochs: int = 1,
+        lr: float = 0.01, config: SearchConfig | None = None, device: torch.device | str = "cpu",
+        gate: str | Sequence[str] = "residual", leaf_modules: Sequence = ()) -> tuple[nn.Module, FitReport]:
+    """A variant of `model` within `budgets`, fine-tuned, as a plain network (a `torch.fx.GraphModule`), and its
+    report.
+
+    Args:
+        model: your (trained) model; it is left as it is (the search works on a copy).
+        example_args, example_kwargs: one batch of inputs, as `from_model` takes them.
+        budgets: `"50%"` (FLOPs), `"params=1.2M"`, `"latency=3ms"`... as on the command line.
+        train: the training batches, (inputs, class targets) pairs, iterated once per epoch; a callable returning
+            them is called once per epoch (a fresh shuffle).
+        val: batches to score the model and the variant on (accuracy), if any.
+        epochs: search epochs over `train`; finetune_epochs: epochs of the found variant alone afterwards.
+        lr: the weights' learning rate in both phases (a tenth of a from-scratch rate: the weights are trained).
+        config: other search settings (`lr` overrides its own).
+        gate, leaf_modules: as in `from_model`.
+
+    Raises:
+        ValueError: the model cannot be converted, a budget cannot be read, or none can be met.
+    """
+    if epochs < 1 or finetune_epochs < 0:
+        raise ValueError("fit needs epochs >= 1 and finetune_epochs >= 0")
+    each = train if callable(train) else (lambda: train)
+    scored = val if callable(val) or val is None else (lambda: val)
+    model = copy.deepcopy(model)
+    net = from_model(model, example_args, example_kwargs, gate=gate, leaf_modules=leaf_modules).to(device)
+    val_model = None if scored is None else accuracy(net, scored(), device, mask=net.full_mask())
+    cfg = dataclasses.replace(config or SearchConfig(), lr=lr)
+    search = BudgetedSearch(net, [parse_budget(b) for b in budgets], cfg, device=device)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for x, y in each():
+            search.step(x, y)
+    found = search.found()
+    mask = found.mask
+    t1 = time.perf_counter()
+    recalibrate_bn(net, lambda x: net(x, mask), each(), device)  # the search's statistics belong to no one variant
+    steps = sum(1 for _ in each()) if finetune_epochs else 1
+    finetune(net, mask, lambda _: each(), finetune_epochs, steps, lr=lr, device=device)
+    t2 = time.perf_counter()
+    extra = [b.cost for b in search.budgets if b.cost.name not in ("flops", "params", "parallel")]
+    arch = Architecture(supernet=None, supernet_config=net.config,
+                        gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
+                        kept=kept_names(mask, net.gate_names), projected=found.projected, dropped=found.dropped,
+                        cost=all_costs(net, mask, extra), budget=dict(zip([b.cost.name for b in search.budgets],
+                                                                          search.limits)),
+                        full_cost=all_costs(net, net.full_mask(), extra), bsnet_version=bsnet.__version__)
+    variant = export_module(net, mask).eval()
+    report = FitReport(arch, arch.cost, arch.full_cost, None if scored is None else accuracy(variant, scored(), device),
+                       val_model, {"search": t1 - t0, "finetune": t2 - t1})
+    return variant, report
