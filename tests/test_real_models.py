@@ -292,3 +292,30 @@ def test_a_model_neither_capture_follows_is_named_with_both_reasons():
 
     with pytest.raises(ValueError, match=r"torch\.fx.*`if h\.sum\(\) > 0:`.*torch\.export.*data-dependent"):
         from_model(Untraceable(), images())
+
+
+def digits_vit():
+    """A factory for `--model`: a Hugging Face ViT for 1x8x8 digits."""
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=32, num_labels=10)
+    return transformers.ViTForImageClassification(config)
+
+
+def test_a_hugging_face_vit_goes_through_every_command(tmp_path):
+    from bsnet.cli import main
+    out, model = tmp_path / "run", "tests.test_real_models:digits_vit"
+    assert main(["search", "--model", model, "--budget", "60%", "--epochs", "1", "--finetune-epochs", "0",
+                 "--out", str(out)]) == 0
+    arch = bsnet.Architecture.from_json(out / "architecture.json")
+    assert arch.supernet_config["input_shape"] == [1, 8, 8] and arch.kept
+    assert arch.cost["flops"] <= 0.6 * arch.full_cost["flops"] * (1 + 1e-9)
+    assert main(["export", str(out), "--format", "pt", "--model", model]) == 0
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():  # the exported weights are the run's
+        assert torch.equal(bsnet.load(out / "export" / "model.safetensors", supernet=digits_vit)(x),
+                           bsnet.load(out, supernet=digits_vit).eval()(x))
+    for command in (["export", str(out), "--format", "onnx"], ["eval", str(out)], ["show", str(out)],
+                    ["train", str(out), "--epochs", "1"]):
+        assert main([*command, "--model", model]) == 0, command
+    assert (out / "final" / "result.json").exists()

@@ -24,6 +24,7 @@ from torch.utils import benchmark
 
 from bsnet.costs.base import AdditiveCost
 from bsnet.costs.registry import register_cost
+from bsnet.inputs import to_device
 from bsnet.supernet import SuperNetwork
 from bsnet.width import fuse_groups
 
@@ -53,12 +54,20 @@ def measure_latency(net: SuperNetwork, *, device: torch.device | str = "cpu", ba
     was_training = net.training
     net.eval()
     nodes = {}
+    context = None  # what a captured program computes from its inputs alone (bsnet.supernet): nodes read it
+    if net.context is not None:
+        inputs = to_device(net.example_inputs(batch_size), device)
+        context_module = copy.deepcopy(net.context).to(device=device)
+        context = context_module(inputs)
     try:
         for key, module, in_shape in _timed(net):
             module = copy.deepcopy(module).to(device=device, dtype=dtype)  # never move the user's net
             x = torch.randn(batch_size, *in_shape, device=device, dtype=dtype)
-            module(x)  # warm-up (allocations, cuDNN algorithm choice)
-            timer = benchmark.Timer(stmt="m(x)", globals={"m": module, "x": x})
+            stmt = "m(x, c)" if getattr(module, "reads_context", False) else "m(x)"
+            if context is not None and key == net.graph.input:  # the inputs, through the context it computes
+                module, x = torch.nn.Sequential(context_module, module), inputs
+            module(x, context) if stmt == "m(x, c)" else module(x)  # warm-up (allocations, cuDNN algorithms)
+            timer = benchmark.Timer(stmt=stmt, globals={"m": module, "x": x, "c": context})
             nodes[key] = float(timer.blocked_autorange(min_run_time=min_run_time).median)
     finally:
         net.train(was_training)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,11 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: str
         # A dict as the last positional argument would be read as keyword arguments: pass it by name.
         first = next(iter(inspect.signature(module.forward).parameters))
         args, kwargs = ((x,), None) if input_spec is None else ((), {first: x})
-        torch.onnx.export(module, args, str(path), kwargs=kwargs, input_names=names, output_names=["output"],
-                          dynamic_shapes=(dynamic,) if input_spec is None else {first: dynamic}, dynamo=True,
-                          verbose=False)
+        with warnings.catch_warnings():  # the exporter's own deprecation notices are not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(module, args, str(path), kwargs=kwargs, input_names=names, output_names=["output"],
+                              dynamic_shapes=(dynamic,) if input_spec is None else {first: dynamic}, dynamo=True,
+                              verbose=False)
         if check:
             _check(module, input_shape, input_spec, path, atol)
     except Exception as e:  # no half-checked file is left behind
