@@ -97,7 +97,8 @@ class Architecture:
         if not config.get("input_shape"):
             raise ValueError("the architecture does not record the model's input shape")
         return as_supernet(net, config["input_shape"], gate=config.get("gate", "residual"),
-                           leaf_modules=config.get("leaf_modules", ()), inputs=config.get("inputs"))
+                           leaf_modules=config.get("leaf_modules", ()), inputs=config.get("inputs"),
+                           width_groups=config.get("width_groups", 1))
 
     def to_json(self, path: str | Path) -> None:
         from bsnet.runs import atomic_write_text
@@ -208,6 +209,8 @@ class _Checker:
                 self.fail("supernet_config", "gate must be a name or a list of names")
             if not isinstance(leaves, list) or not all(_is_name(n) for n in leaves):
                 self.fail("supernet_config", "leaf_modules must be a list of names")
+            if not (type(value.get("width_groups", 1)) is int and value.get("width_groups", 1) >= 1):
+                self.fail("supernet_config", "width_groups must be an integer >= 1")
             if "inputs" in value:
                 try:
                     check_spec(value["inputs"])

@@ -107,10 +107,7 @@ class RunConfig:
             return
         if self.width_groups < 1:
             raise ConfigError(f"width_groups must be an integer >= 1, got {self.width_groups!r}")
-        if self.model is not None:
-            if self.width_groups > 1:
-                raise ConfigError("width_groups > 1 with a model of your own is not supported yet: bsnet.from_model "
-                                  "gates its residual branches only")
+        if self.model is not None:  # from_model splits its residual branches' layer pairs
             return
         from bsnet.fabrics.registry import supernet_config
         try:

@@ -21,6 +21,7 @@ from bsnet.export.module import export_module
 from bsnet.from_model import from_model
 from bsnet.search import BudgetedSearch, SearchConfig
 from bsnet.train import accuracy, finetune, recalibrate_bn
+from bsnet.width import kept_widths
 
 Batches = Iterable[tuple[Any, torch.Tensor]]  # (inputs: a tensor or a dict of tensors, targets), a DataLoader say
 
@@ -45,7 +46,8 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         budgets: Sequence[str], train: Batches | Callable[[], Batches],
         val: Batches | Callable[[], Batches] | None = None, epochs: int = 3, finetune_epochs: int = 1,
         lr: float = 0.01, config: SearchConfig | None = None, device: torch.device | str = "cpu",
-        gate: str | Sequence[str] = "residual", leaf_modules: Sequence = ()) -> tuple[nn.Module, FitReport]:
+        gate: str | Sequence[str] = "residual", leaf_modules: Sequence = (), width_groups: int = 1
+        ) -> tuple[nn.Module, FitReport]:
     """A variant of `model` within `budgets`, fine-tuned, as a plain network (a `torch.fx.GraphModule`), and its
     report.
 
@@ -59,7 +61,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         epochs: search epochs over `train`; finetune_epochs: epochs of the found variant alone afterwards.
         lr: the weights' learning rate in both phases (a tenth of a from-scratch rate: the weights are trained).
         config: other search settings (`lr` overrides its own).
-        gate, leaf_modules: as in `from_model`.
+        gate, leaf_modules, width_groups: as in `from_model` (`width_groups=4`: widths searched too).
 
     Raises:
         ValueError: the model cannot be converted, a budget cannot be read, or none can be met.
@@ -69,7 +71,8 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
     each = train if callable(train) else (lambda: train)
     scored = val if callable(val) or val is None else (lambda: val)
     model = copy.deepcopy(model)
-    net = from_model(model, example_args, example_kwargs, gate=gate, leaf_modules=leaf_modules).to(device)
+    net = from_model(model, example_args, example_kwargs, gate=gate, leaf_modules=leaf_modules,
+                     width_groups=width_groups).to(device)
     val_model = None if scored is None else accuracy(net, scored(), device, mask=net.full_mask())
     cfg = dataclasses.replace(config or SearchConfig(), lr=lr)
     search = BudgetedSearch(net, [parse_budget(b) for b in budgets], cfg, device=device)
@@ -90,7 +93,8 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
                         kept=kept_names(mask, net.gate_names), projected=found.projected, dropped=found.dropped,
                         cost=all_costs(net, mask, extra), budget=dict(zip([b.cost.name for b in search.budgets],
                                                                           search.limits)),
-                        full_cost=all_costs(net, net.full_mask(), extra), bsnet_version=bsnet.__version__)
+                        full_cost=all_costs(net, net.full_mask(), extra), widths=kept_widths(net, mask),
+                        bsnet_version=bsnet.__version__)
     variant = export_module(net, mask).eval()
     report = FitReport(arch, arch.cost, arch.full_cost, None if scored is None else accuracy(variant, scored(), device),
                        val_model, {"search": t1 - t0, "finetune": t2 - t1})

@@ -92,7 +92,7 @@ def build_supernet(config: RunConfig, data: DataSplits, model: nn.Module | None 
     if model is not None:
         from bsnet.from_model import as_supernet
         shape = tuple(config.input_shape) if config.input_shape else tuple(data.input_shape)
-        return as_supernet(model, shape, leaf_modules=config.leaf_modules)
+        return as_supernet(model, shape, leaf_modules=config.leaf_modules, width_groups=config.width_groups or 1)
     from bsnet.fabrics.registry import supernet_config
     fields = {f.name for f in dataclasses.fields(supernet_config(config.supernet))}
     cfg = dict(config.supernet_config)

@@ -60,14 +60,16 @@ class WidthGroup(nn.Sequential):
 
 
 class Bias(nn.Module):
-    """Adds a per-channel bias (channels on dim 1): the second layer's bias, kept where the groups are summed."""
+    """Adds a per-channel bias: the second layer's bias, kept where the groups are summed. Channels are on dim 1
+    after a convolution, on the last dim after a linear layer (`last`)."""
 
-    def __init__(self, bias: torch.Tensor) -> None:
+    def __init__(self, bias: torch.Tensor, last: bool = False) -> None:
         super().__init__()
         self.bias = nn.Parameter(bias.detach().clone())
+        self.last = last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
+        return x + (self.bias if self.last else self.bias.view(1, -1, *([1] * (x.dim() - 2))))
 
 
 def split_layer_pair(layers: Sequence[nn.Module], groups: int, name: str = "layer pair"
@@ -92,7 +94,8 @@ def split_layer_pair(layers: Sequence[nn.Module], groups: int, name: str = "laye
         raise ValueError(f"{name}: its {hidden} hidden channels do not divide into {groups} width groups")
     k = hidden // groups
     second = layers[-1]
-    tail: nn.Module = nn.Identity() if getattr(second, "bias", None) is None else Bias(second.bias)
+    tail: nn.Module = nn.Identity() if getattr(second, "bias", None) is None else \
+        Bias(second.bias, last=isinstance(second, nn.Linear))
     out = []
     for j in range(groups):
         sl = slice(j * k, (j + 1) * k)

@@ -99,3 +99,21 @@ def test_model_means_the_same_in_search_a_supernetwork_factory(tmp_path):
     assert main(["search", "--model", model, "--epochs", "1", "--finetune-epochs", "0", "--out", str(out)]) == 0
     assert main(["export", str(out), "--format", "pt", "--model", model]) == 0
     assert json.loads((out / "architecture.json").read_text())["supernet"] == "cnf"
+
+
+def test_width_groups_split_a_users_model_in_every_command(tmp_path, capsys):
+    out, model = tmp_path / "run", "tests.test_cli_model:small_resnet"
+    assert main(["search", "--model", model, "--width-groups", "2", "--budget", "50%", "--epochs", "1",
+                 "--finetune-epochs", "0", "--out", str(out)]) == 0
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["supernet_config"]["width_groups"] == 2 and arch["cost"]["flops"] <= 0.5 * arch["full_cost"]["flops"]
+    assert "blocks.0.body.w0" in arch["gates"] and arch["widths"]  # group gates beside each block's own
+    capsys.readouterr()
+    assert main(["show", str(out), "--model", model]) == 0
+    assert "kept widths:" in capsys.readouterr().out
+    for fmt in ("pt", "python"):
+        assert main(["export", str(out), "--format", fmt, "--model", model]) == 0
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():  # rebuilt from what the run recorded, width groups included
+        assert torch.equal(bsnet.load(out / "export" / "model.safetensors", supernet=small_resnet)(x),
+                           bsnet.load(out, supernet=small_resnet)(x))

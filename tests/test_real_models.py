@@ -319,3 +319,46 @@ def test_a_hugging_face_vit_goes_through_every_command(tmp_path):
                     ["train", str(out), "--epochs", "1"]):
         assert main([*command, "--model", model]) == 0, command
     assert (out / "final" / "result.json").exists()
+
+
+# ---- width groups: the first layer pair of each residual branch split into gated channel groups ------------------
+def width_families():
+    from tests.test_from_model import ResNet18, ViT
+    return {"resnet18": ResNet18, "vit": ViT, "resnet50": ResNet50}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit", "resnet50"])
+def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path):
+    torch.manual_seed(0)
+    model = randomised(width_families()[name]())
+    x = images(3)
+    plain_net = from_model(model, x)
+    net = from_model(model, x, width_groups=4).eval()
+    assert net.config["width_groups"] == 4
+    splits = net.graph.width_splits
+    assert splits and all(len(s.groups) == 4 for s in splits)
+    for s in splits:  # each split's groups gated `<branch>.w<j>`, beside the branch's own gate
+        branch = s.name.removesuffix(".width")
+        assert branch in plain_net.gate_names and {f"{branch}.w{j}" for j in range(4)} <= set(net.gate_names)
+    with torch.no_grad():
+        assert (net(x, net.full_mask()) - model(x)).abs().max() <= 1e-5  # an exact rewrite
+    mask = net.full_mask()
+    mask[[net.gate_names.index(f"{s.name.removesuffix('.width')}.w{j}") for s in splits for j in (1, 3)]] = 0
+    plain = export_module(net, mask).eval()
+    with torch.no_grad():
+        assert (plain(x) - net(x, mask)).abs().max() <= 1e-5
+        assert (net(x, mask.expand(3, -1)) - net(x, mask)).abs().max() <= 1e-5  # the reference mode agrees
+    assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        plain(torch.randn(1, 3, 32, 32))
+    assert float(FlopsCost()(net, mask)) == pytest.approx(counter.get_total_flops(), rel=0.01)
+    export_onnx(plain, net.input_shape, tmp_path / "variant.onnx")  # checked with ONNX Runtime
+
+
+def test_width_groups_are_refused_where_they_cannot_split():
+    with pytest.raises(ValueError, match=r"layer1\.0: its 8 hidden channels do not divide into 3 width groups"):
+        from_model(width_families()["resnet18"](), images(), width_groups=3)
+    with pytest.raises(ValueError, match="captured with torch.export"):
+        from_model(hf_vit(), images(), width_groups=2)
+    with pytest.raises(ValueError, match="width_groups must be an integer >= 1"):
+        from_model(ResNet50(), images(), width_groups=0)

@@ -423,10 +423,10 @@ def test_width_groups_is_the_fabrics_setting():
     assert RunConfig(supernet="cnf", width_groups=1).supernet_config == {}  # 1: no width gates, for every network
     for bad, message in ((dict(supernet="resnet_fabric", width_groups=4, supernet_config={"width_groups": 2}),
                           "disagree"), (dict(supernet="cnf", width_groups=4), "has no width groups"),
-                         (dict(supernet="resnet_fabric", width_groups=0), "width_groups must be"),
-                         (dict(model="pkg.mod:make", width_groups=2), "not supported yet")):
+                         (dict(supernet="resnet_fabric", width_groups=0), "width_groups must be")):
         with pytest.raises(ConfigError, match=message):
             RunConfig(**bad)
+    assert RunConfig(model="pkg.mod:make", width_groups=2).width_groups == 2  # from_model splits the user's pairs
 
 
 def test_groups_that_do_not_divide_are_one_line_naming_the_layer(tmp_path, capsys):

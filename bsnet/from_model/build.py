@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -13,10 +14,12 @@ from torch import nn
 from bsnet.from_model.blocks import Block, check_shapes, cuts, gate_names, gated_modules, is_tensor, name_branches, \
     residual_blocks
 from bsnet.from_model.capture import Program, bind, export_program
+from bsnet.from_model.pairs import Pair, find_pair
 from bsnet.from_model.trace import Leaf, capture, leaves_record, resolve_leaves
 from bsnet.graph import Graph
 from bsnet.inputs import Inputs, check_spec, spec_of, zeros
 from bsnet.supernet import SuperNetwork
+from bsnet.width import split_layer_pair
 
 
 class Increment(nn.Module):
@@ -31,7 +34,8 @@ class Increment(nn.Module):
 
 
 def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] | None = None, *,
-               gate: str | Sequence[str] = "residual", leaf_modules: Sequence[Leaf] = ()) -> SuperNetwork:
+               gate: str | Sequence[str] = "residual", leaf_modules: Sequence[Leaf] = (),
+               width_groups: int = 1) -> SuperNetwork:
     """A super network whose gates switch the residual branches (or the named modules) of `model`.
 
     The model is captured with symbolic torch.fx where it can be (modules stay modules: leaf modules, named gates and
@@ -53,12 +57,20 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
             (each must return a tensor shaped like its input; dropping it makes it the identity).
         leaf_modules: modules traced as single operations by torch.fx: classes, instances, submodule paths
             (`"body.1"`) or class names (`"Flip"` or `"pkg.layers.Flip"`).
+        width_groups: 1, no width gates; N > 1: in each residual branch, the first layer pair whose hidden
+            channels only its second layer reads (conv-BN-act-conv, Linear-act-Linear) is split into N channel
+            groups `<branch>.w<j>`, each gated, beside the branch's own gate (bsnet.from_model.pairs). Needs a
+            program torch.fx captured (layers as modules).
 
     Raises:
         ValueError: the model cannot be captured (the message names the submodule and the construct that failed), a
             leaf or a gated module is not in the model, a gated module changes its input's shape, or nothing can
             be gated.
     """
+    if not isinstance(width_groups, int) or width_groups < 1:
+        raise ValueError(f"width_groups must be an integer >= 1, got {width_groups!r}")
+    if width_groups > 1 and not (isinstance(gate, str) and gate == "residual"):
+        raise ValueError("width groups split the residual branches: use gate='residual' with width_groups > 1")
     args = tuple(example_args) if isinstance(example_args, (tuple, list)) else (example_args,)
     inputs, fixed = bind(model, args, example_kwargs or {})
     names = gate_names(model, gate)
@@ -100,7 +112,18 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
                   "gate": list(names) if names else "residual", "leaf_modules": leaves_record(model, leaves)}
         if isinstance(inputs, dict):
             config["inputs"] = {k: [d, list(s)] for k, (d, s) in spec_of(inputs).items()}
-        net = _build(root, order, first, blocks, shape, config, out, program, model)
+        pairs: dict[int, Pair] = {}
+        if width_groups > 1:
+            if program is not None:
+                raise ValueError(f"width groups need a model torch.fx can capture (its layers as modules); "
+                                 f"{type(model).__qualname__} was captured with torch.export")
+            calls = Counter(n.target for n in order if n.op == "call_module")
+            pairs = {id(b): p for b in blocks if (p := find_pair(root, b, calls)) is not None}
+            if not pairs:
+                raise ValueError(f"no residual branch of {type(model).__qualname__} holds a layer pair to split "
+                                 f"into width groups (conv-BN-act-conv or Linear-act-Linear)")
+            config["width_groups"] = width_groups
+        net = _build(root, order, first, blocks, shape, config, out, program, model, pairs)
     finally:
         model.train(was_training)
     net.train(was_training)
@@ -121,7 +144,8 @@ def _fx_program(model: nn.Module, x: torch.Tensor, leaves: list) -> tuple[fx.Gra
 
 
 def as_supernet(obj: object, input_shape: Sequence[int] | None = None, *, gate: str | Sequence[str] = "residual",
-                leaf_modules: Sequence[Leaf] = (), inputs: Mapping[str, Any] | None = None) -> SuperNetwork:
+                leaf_modules: Sequence[Leaf] = (), inputs: Mapping[str, Any] | None = None,
+                width_groups: int = 1) -> SuperNetwork:
     """A super network from what a user hands bsnet: a SuperNetwork as it is, a plain model through `from_model`.
 
     Args:
@@ -131,6 +155,7 @@ def as_supernet(obj: object, input_shape: Sequence[int] | None = None, *, gate: 
         leaf_modules: as in `from_model` (names are matched against the model's submodules); not used for a
             SuperNetwork.
         inputs: for a model of several inputs, their specification as `from_model` records it (`config["inputs"]`).
+        width_groups: as in `from_model`; not used for a SuperNetwork.
 
     Raises:
         ValueError: `obj` is not a torch module; a model without `input_shape`; a SuperNetwork of another input
@@ -148,8 +173,10 @@ def as_supernet(obj: object, input_shape: Sequence[int] | None = None, *, gate: 
         raise ValueError(f"making a super network of {type(obj).__qualname__} needs its input shape")
     device = next((p.device for p in obj.parameters()), None) or "cpu"
     if inputs is not None:
-        return from_model(obj, (), zeros(check_spec(inputs), shape, 2, device), gate=gate, leaf_modules=leaf_modules)
-    return from_model(obj, torch.zeros(1, *shape, device=device), gate=gate, leaf_modules=leaf_modules)
+        return from_model(obj, (), zeros(check_spec(inputs), shape, 2, device), gate=gate, leaf_modules=leaf_modules,
+                          width_groups=width_groups)
+    return from_model(obj, torch.zeros(1, *shape, device=device), gate=gate, leaf_modules=leaf_modules,
+                      width_groups=width_groups)
 
 
 # ---- node modules -----------------------------------------------------------------------------------
@@ -277,8 +304,34 @@ def _node_name(text: str, taken: set[str]) -> str:
     return unique
 
 
+def _add_width_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Block, pair: Pair, base: str,
+                     prev: str, width_groups: int, taken: set[str]) -> None:
+    """Branch `b` as `prev` -> [its code before the pair] -> the pair's width groups (gated `<b>.w<j>`) -> `base`,
+    which adds the second layer's bias to their sum and runs the branch's code after the pair."""
+    source = prev
+    if pair.pre:
+        source = _node_name(f"{b.name}_in", taken)
+        g.add_node(source)
+        modules[source] = _segment(root, pair.pre, b.x, pair.first.args[0])
+        g.add_edge(prev, source)
+    groups, bias = split_layer_pair(pair.layers, width_groups, b.name)
+    after = _segment(root, pair.post, pair.second, b.branch_out)
+    modules[base] = bias if isinstance(after, nn.Identity) else nn.Sequential(bias, after)
+    names = []
+    for j, group in enumerate(groups):
+        gate = f"{b.name}.w{j}"
+        node = _node_name(gate, taken)
+        g.add_node(node)
+        modules[node] = group
+        g.add_edge(source, node, gate=gate)
+        g.add_edge(node, base)
+        names.append(node)
+    g.add_width_split(f"{b.name}.width", names)
+
+
 def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block], input_shape: tuple[int, ...],
-           config: dict, out: fx.Node, program: Program | None, model: nn.Module) -> SuperNetwork:
+           config: dict, out: fx.Node, program: Program | None, model: nn.Module,
+           pairs: dict[int, Pair]) -> SuperNetwork:
     """The chain input -> (branch, skip) -> join -> ... : one gated edge per block, into the join's sum. `order`
     holds the program's nodes from `first` on (before it: the torch.fx program's input); `root` owns what they
     read."""
@@ -293,11 +346,14 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
     for i, b in enumerate(blocks):
         base = _node_name(b.name, taken)
         g.add_node(base)
-        if b.module is not None:
+        if id(b) in pairs:
+            _add_width_split(g, modules, root, b, pairs[id(b)], base, prev, config["width_groups"], taken)
+        elif b.module is not None:
             modules[base] = Increment(model.get_submodule(b.module))
+            g.add_edge(prev, base)
         else:
             modules[base] = _segment(root, b.branch, b.x, b.branch_out, context=context)
-        g.add_edge(prev, base)
+            g.add_edge(prev, base)
         skip = prev
         if b.skip_out is not None:
             skip = _node_name(f"{b.name}_skip", taken)
