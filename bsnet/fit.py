@@ -46,8 +46,8 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         budgets: Sequence[str], train: Batches | Callable[[], Batches],
         val: Batches | Callable[[], Batches] | None = None, epochs: int = 3, finetune_epochs: int = 1,
         lr: float = 0.01, config: SearchConfig | None = None, device: torch.device | str = "cpu",
-        gate: str | Sequence[str] = "residual", leaf_modules: Sequence = (), width_groups: int = 1
-        ) -> tuple[nn.Module, FitReport]:
+        gate: str | Sequence[str] = "residual", leaf_modules: Sequence = (), width_groups: int = 1,
+        init_logits: torch.Tensor | None = None) -> tuple[nn.Module, FitReport]:
     """A variant of `model` within `budgets`, fine-tuned, as a plain network (a `torch.fx.GraphModule`), and its
     report.
 
@@ -62,6 +62,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         lr: the weights' learning rate in both phases (a tenth of a from-scratch rate: the weights are trained).
         config: other search settings (`lr` overrides its own).
         gate, leaf_modules, width_groups: as in `from_model` (`width_groups=4`: widths searched too).
+        init_logits: the gates' starting logits, as `BudgetedSearch` takes them.
 
     Raises:
         ValueError: the model cannot be converted, a budget cannot be read, or none can be met.
@@ -75,7 +76,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
                      width_groups=width_groups).to(device)
     val_model = None if scored is None else accuracy(net, scored(), device, mask=net.full_mask())
     cfg = dataclasses.replace(config or SearchConfig(), lr=lr)
-    search = BudgetedSearch(net, [parse_budget(b) for b in budgets], cfg, device=device)
+    search = BudgetedSearch(net, [parse_budget(b) for b in budgets], cfg, device=device, init_logits=init_logits)
     t0 = time.perf_counter()
     for _ in range(epochs):
         for x, y in each():

@@ -196,3 +196,14 @@ def test_a_checkpoint_resumes_bitwise_and_keys_of_removed_options_are_ignored(di
 def test_options_that_did_not_help_are_gone(removed):
     with pytest.raises((TypeError, ValueError)):
         SearchConfig(**removed)
+
+
+def test_init_logits_start_each_gate_where_given():
+    from tests.conftest import diamond
+    net = diamond()
+    logits = torch.linspace(-2.0, 2.0, net.num_gates)
+    search = BudgetedSearch(net, [parse_budget("90%")], init_logits=logits)
+    assert torch.equal(search.gates.logits.detach(), logits)
+    for bad in (torch.zeros(net.num_gates + 1), torch.full((net.num_gates,), float("nan"))):
+        with pytest.raises(ValueError, match="init_logits must be"):
+            BudgetedSearch(net, [parse_budget("90%")], init_logits=bad)
