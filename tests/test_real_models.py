@@ -324,16 +324,18 @@ def test_a_hugging_face_vit_goes_through_every_command(tmp_path):
 # ---- width groups: the first layer pair of each residual branch split into gated channel groups ------------------
 def width_families():
     from tests.test_from_model import ResNet18, ViT
-    return {"resnet18": ResNet18, "vit": ViT, "resnet50": ResNet50}
+    return {"resnet18": (ResNet18, images), "vit": (ViT, images), "resnet50": (ResNet50, images),
+            "hf-vit": (hf_vit, images), "hf-bert": (hf_bert, tokens)}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "vit", "resnet50", "hf-vit", "hf-bert"])
 def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path):
     torch.manual_seed(0)
-    model = randomised(width_families()[name]())
-    x = images(3)
-    plain_net = from_model(model, x)
-    net = from_model(model, x, width_groups=4).eval()
+    factory, make_inputs = width_families()[name]
+    model, x = randomised(factory()), make_inputs(3)
+    plain_net = convert(model, x)
+    net = (from_model(model, (), x, width_groups=4) if isinstance(x, dict) else
+           from_model(model, x, width_groups=4)).eval()
     assert net.config["width_groups"] == 4
     splits = net.graph.width_splits
     assert splits and all(len(s.groups) == 4 for s in splits)
@@ -341,7 +343,7 @@ def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path
         branch = s.name.removesuffix(".width")
         assert branch in plain_net.gate_names and {f"{branch}.w{j}" for j in range(4)} <= set(net.gate_names)
     with torch.no_grad():
-        assert (net(x, net.full_mask()) - model(x)).abs().max() <= 1e-5  # an exact rewrite
+        assert (net(x, net.full_mask()) - predict(model, x)).abs().max() <= 1e-5  # an exact rewrite
     mask = net.full_mask()
     mask[[net.gate_names.index(f"{s.name.removesuffix('.width')}.w{j}") for s in splits for j in (1, 3)]] = 0
     plain = export_module(net, mask).eval()
@@ -350,15 +352,15 @@ def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path
         assert (net(x, mask.expand(3, -1)) - net(x, mask)).abs().max() <= 1e-5  # the reference mode agrees
     assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in model.parameters())
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        plain(torch.randn(1, 3, 32, 32))
+        plain(net.example_inputs(1))
     assert float(FlopsCost()(net, mask)) == pytest.approx(counter.get_total_flops(), rel=0.01)
-    export_onnx(plain, net.input_shape, tmp_path / "variant.onnx")  # checked with ONNX Runtime
+    export_onnx(plain, net.input_shape, tmp_path / "variant.onnx", input_spec=net.input_spec)  # ORT-checked
 
 
 def test_width_groups_are_refused_where_they_cannot_split():
     with pytest.raises(ValueError, match=r"layer1\.0: its 8 hidden channels do not divide into 3 width groups"):
-        from_model(width_families()["resnet18"](), images(), width_groups=3)
-    with pytest.raises(ValueError, match="captured with torch.export"):
-        from_model(hf_vit(), images(), width_groups=2)
+        from_model(width_families()["resnet18"][0](), images(), width_groups=3)
+    with pytest.raises(ValueError, match="no residual branch of MobileNetV2 holds a layer pair"):
+        from_model(MobileNetV2(), images(), width_groups=2)  # its expansions have a depthwise convolution between
     with pytest.raises(ValueError, match="width_groups must be an integer >= 1"):
         from_model(ResNet50(), images(), width_groups=0)

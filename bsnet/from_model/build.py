@@ -59,8 +59,7 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
             (`"body.1"`) or class names (`"Flip"` or `"pkg.layers.Flip"`).
         width_groups: 1, no width gates; N > 1: in each residual branch, the first layer pair whose hidden
             channels only its second layer reads (conv-BN-act-conv, Linear-act-Linear) is split into N channel
-            groups `<branch>.w<j>`, each gated, beside the branch's own gate (bsnet.from_model.pairs). Needs a
-            program torch.fx captured (layers as modules).
+            groups `<branch>.w<j>`, each gated, beside the branch's own gate (bsnet.from_model.pairs).
 
     Raises:
         ValueError: the model cannot be captured (the message names the submodule and the construct that failed), a
@@ -114,11 +113,9 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
             config["inputs"] = {k: [d, list(s)] for k, (d, s) in spec_of(inputs).items()}
         pairs: dict[int, Pair] = {}
         if width_groups > 1:
-            if program is not None:
-                raise ValueError(f"width groups need a model torch.fx can capture (its layers as modules); "
-                                 f"{type(model).__qualname__} was captured with torch.export")
             calls = Counter(n.target for n in order if n.op == "call_module")
-            pairs = {id(b): p for b in blocks if (p := find_pair(root, b, calls)) is not None}
+            context = set() if program is None else program.context
+            pairs = {id(b): p for b in blocks if (p := find_pair(root, b, calls, context)) is not None}
             if not pairs:
                 raise ValueError(f"no residual branch of {type(model).__qualname__} holds a layer pair to split "
                                  f"into width groups (conv-BN-act-conv or Linear-act-Linear)")
