@@ -364,3 +364,23 @@ def test_width_groups_are_refused_where_they_cannot_split():
         from_model(MobileNetV2(), images(), width_groups=2)  # its expansions have a depthwise convolution between
     with pytest.raises(ValueError, match="width_groups must be an integer >= 1"):
         from_model(ResNet50(), images(), width_groups=0)
+
+
+@pytest.mark.parametrize("name", ["hf-bert", "hf-gpt2", "hf-vit"])
+def test_a_variant_without_whole_layers_is_a_hugging_face_model_again(name, tmp_path):
+    from bsnet.export import save_pretrained
+    factory, make_inputs, _ = FAMILIES[name]
+    torch.manual_seed(0)
+    model, inputs = factory().eval(), make_inputs()
+    net = convert(model, inputs).eval()
+    mask = net.full_mask()
+    mask[:2] = 0  # layer 0: its attention and its MLP
+    save_pretrained(model, net, mask, tmp_path / "variant")
+    back = type(model).from_pretrained(tmp_path / "variant").eval()
+    assert back.config.num_hidden_layers == model.config.num_hidden_layers - 1
+    with torch.no_grad():
+        assert (predict(back, inputs) - net(inputs, mask)).abs().max() <= 1e-5
+    mask[1] = 1  # the MLP of layer 0 kept alone: no config says that
+    with pytest.raises(ValueError, match="keeps part of itself"):
+        save_pretrained(model, net, mask, tmp_path / "half")
+    assert not (tmp_path / "half").exists()
