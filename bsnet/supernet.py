@@ -221,7 +221,7 @@ class SuperNetwork(nn.Module):
             ins = [outs[s] if isinstance(s, str) else start.new_zeros(start.shape[0], *s) for s in srcs]
             h = torch.cat(ins, dim=1) if concat else ins[0] if len(ins) == 1 else reduce(add, ins)
             outs[n] = self._node(n, h, context) if groups is None else \
-                fused_forward([self.blocks[m] for m in groups], h)
+                fused_forward([self.blocks[m] for m in groups], h, context)
         return outs[self.graph.output]
 
     def _disconnected(self, x: Inputs, context: Any) -> torch.Tensor:

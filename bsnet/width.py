@@ -14,7 +14,7 @@ group as its own node.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +108,13 @@ def split_layer_pair(layers: Sequence[nn.Module], groups: int, name: str = "laye
 
 def check_split(groups: Sequence[nn.Module], name: str) -> None:
     """Refuse modules that `fused_forward` cannot run as one pair: not `WidthGroup`s, or layers that differ in
-    anything but their hidden channels (kernel, stride, input or output width, normalisation settings)."""
+    anything but their hidden channels (kernel, stride, input or output width, normalisation settings). Groups of
+    another kind run side by side by their own class (`run_fused`, `fuse`, `check`: attention heads,
+    bsnet.from_model.heads)."""
+    kind = type(groups[0]) if groups else None
+    if kind is not WidthGroup and hasattr(kind, "run_fused") and all(type(g) is kind for g in groups):
+        kind.check(groups, name)
+        return
     if not all(isinstance(g, WidthGroup) for g in groups):
         raise ValueError(f"width split {name!r}: every group's module must be a WidthGroup (see split_layer_pair)")
     shapes = {tuple(_signature(m, 1 if i == len(g) - 1 else 0) for i, m in enumerate(g)) for g in groups}
@@ -116,11 +122,13 @@ def check_split(groups: Sequence[nn.Module], name: str) -> None:
         raise ValueError(f"width split {name!r}: its groups' layers differ beyond their hidden channels")
 
 
-def fused_forward(groups: Sequence[WidthGroup], x: torch.Tensor) -> torch.Tensor:
+def fused_forward(groups: Sequence[WidthGroup], x: torch.Tensor, context: Any = None) -> torch.Tensor:
     """The sum of `groups`' outputs on `x`, computed as one narrower layer pair (their slices concatenated): one
     convolution of 16 channels is much faster than four of 4. One group goes the same way: its own forward would hand
     autograd its BatchNorm's running statistics, which a fused forward of another slice of the batch then updates
-    in place before the backward pass."""
+    in place before the backward pass. Groups of another kind run as their class says, with the network's context."""
+    if type(groups[0]) is not WidthGroup:
+        return type(groups[0]).run_fused(groups, x, context)
     layers = [list(g) for g in groups]  # [group][layer], read once: Sequential indexing is slow per call
     head = layers[0]
     first = [g[0] for g in layers]
@@ -134,6 +142,8 @@ def fused_forward(groups: Sequence[WidthGroup], x: torch.Tensor) -> torch.Tensor
 def fuse_groups(groups: Sequence[WidthGroup]) -> nn.Sequential:
     """The live groups as one plain narrower layer pair (copies of their weights concatenated), computing the sum of
     their outputs: what an exported network holds in place of the groups."""
+    if type(groups[0]) is not WidthGroup:
+        return type(groups[0]).fuse(groups)
     head = groups[0]
     layers = [_concat([g[i] for g in groups], dim=0 if i < len(head) - 1 else 1)
               if isinstance(head[i], (*_LAYERS, _BatchNorm)) else copy.deepcopy(head[i]) for i in range(len(head))]

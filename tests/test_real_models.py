@@ -338,14 +338,18 @@ def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path
            from_model(model, x, width_groups=4)).eval()
     assert net.config["width_groups"] == 4
     splits = net.graph.width_splits
-    assert splits and all(len(s.groups) == 4 for s in splits)
-    for s in splits:  # each split's groups gated `<branch>.w<j>`, beside the branch's own gate
-        branch = s.name.removesuffix(".width")
-        assert branch in plain_net.gate_names and {f"{branch}.w{j}" for j in range(4)} <= set(net.gate_names)
+    assert splits
+    for s in splits:  # a pair's 4 groups `<branch>.w<j>`, or one group per head `<branch>.h<j>`, beside the branch
+        branch, _, kind = s.name.rpartition(".")
+        assert branch in plain_net.gate_names and kind in ("width", "heads")
+        assert [net.gate_names[net.graph.in_edges(n)[0].gate] for n in s.groups] == \
+            [f"{branch}.{kind[0]}{j}" for j in range(len(s.groups))]
+        assert len(s.groups) == (4 if kind == "width" else model.config.num_attention_heads)
+    assert any(s.name.endswith(".heads") for s in splits) == name.startswith("hf-")
     with torch.no_grad():
         assert (net(x, net.full_mask()) - predict(model, x)).abs().max() <= 1e-5  # an exact rewrite
     mask = net.full_mask()
-    mask[[net.gate_names.index(f"{s.name.removesuffix('.width')}.w{j}") for s in splits for j in (1, 3)]] = 0
+    mask[[net.graph.in_edges(s.groups[j])[0].gate for s in splits for j in (1, 3)]] = 0
     plain = export_module(net, mask).eval()
     with torch.no_grad():
         assert (plain(x) - net(x, mask)).abs().max() <= 1e-5

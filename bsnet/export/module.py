@@ -72,7 +72,9 @@ def export_module(net: SuperNetwork, architecture: Architecture | torch.Tensor, 
             if split.name not in values:
                 attr = _add(root, split.name, fuse_groups([net.blocks[m] for m in split.groups if live[m]]))
                 fed[split.name] = values[split.source]
-                values[split.name] = _call(fx, attr, root.get_submodule(attr), values[split.source])
+                fused = root.get_submodule(attr)
+                values[split.name] = fx.call_module(attr, (values[split.source], context)) \
+                    if getattr(fused, "reads_context", False) else _call(fx, attr, fused, values[split.source])
             continue
         attr = _add(root, n, copy.deepcopy(net.blocks[n], copied) if copy_weights else net.blocks[n])
         meets: list[str] = []  # the live sources summed into this node, where two or more meet

@@ -14,12 +14,13 @@ from torch import nn
 from bsnet.from_model.blocks import Block, check_shapes, cuts, gate_names, gated_modules, is_tensor, name_branches, \
     residual_blocks
 from bsnet.from_model.capture import Program, bind, export_program
+from bsnet.from_model.heads import Attention, HeadGroup, find_attention, head_groups
 from bsnet.from_model.pairs import Pair, find_pair
 from bsnet.from_model.trace import Leaf, capture, leaves_record, resolve_leaves
 from bsnet.graph import Graph
 from bsnet.inputs import Inputs, check_spec, spec_of, zeros
 from bsnet.supernet import SuperNetwork
-from bsnet.width import split_layer_pair
+from bsnet.width import Bias, split_layer_pair
 
 
 class Increment(nn.Module):
@@ -59,7 +60,8 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
             (`"body.1"`) or class names (`"Flip"` or `"pkg.layers.Flip"`).
         width_groups: 1, no width gates; N > 1: in each residual branch, the first layer pair whose hidden
             channels only its second layer reads (conv-BN-act-conv, Linear-act-Linear) is split into N channel
-            groups `<branch>.w<j>`, each gated, beside the branch's own gate (bsnet.from_model.pairs).
+            groups `<branch>.w<j>`, each gated, beside the branch's own gate (bsnet.from_model.pairs); an attention
+            branch of a torch.export program gets one gate per head instead (bsnet.from_model.heads).
 
     Raises:
         ValueError: the model cannot be captured (the message names the submodule and the construct that failed), a
@@ -111,16 +113,22 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
                   "gate": list(names) if names else "residual", "leaf_modules": leaves_record(model, leaves)}
         if isinstance(inputs, dict):
             config["inputs"] = {k: [d, list(s)] for k, (d, s) in spec_of(inputs).items()}
-        pairs: dict[int, Pair] = {}
+        pairs: dict[int, Pair | Attention] = {}
         if width_groups > 1:
             calls = Counter(n.target for n in order if n.op == "call_module")
             context = set() if program is None else program.context
-            pairs = {id(b): p for b in blocks if (p := find_pair(root, b, calls, context)) is not None}
+            for b in blocks:  # an attention's heads, else the branch's first layer pair
+                split = find_attention(root, b, context) if program is not None else None
+                split = split or find_pair(root, b, calls, context)
+                if split is not None:
+                    pairs[id(b)] = split
             if not pairs:
                 raise ValueError(f"no residual branch of {type(model).__qualname__} holds a layer pair to split "
-                                 f"into width groups (conv-BN-act-conv or Linear-act-Linear)")
+                                 f"into width groups (conv-BN-act-conv or Linear-act-Linear) or attention heads")
             config["width_groups"] = width_groups
         net = _build(root, order, first, blocks, shape, config, out, program, model, pairs)
+        if any(isinstance(p, Attention) for p in pairs.values()):
+            _check_heads(net, model, inputs)
     finally:
         model.train(was_training)
     net.train(was_training)
@@ -301,6 +309,60 @@ def _node_name(text: str, taken: set[str]) -> str:
     return unique
 
 
+def _check_heads(net: SuperNetwork, model: nn.Module, inputs: Inputs) -> None:
+    """Dropping a head must give what the attention computes with that head's share of Wo zeroed: the program
+    finds its head count from the weights. Checked once per split, on the example inputs."""
+    net.eval()
+    for split in net.graph.width_splits:
+        first = net.blocks[split.groups[0]]
+        if not isinstance(first, HeadGroup):
+            continue
+        mask = net.full_mask()
+        mask[net.graph.in_edges(split.groups[0])[0].gate] = 0
+        with torch.no_grad():
+            try:
+                dropped = net(inputs, mask)
+            except Exception as e:  # noqa: BLE001 - a program of fixed head count fails on fewer heads
+                raise ValueError(f"the heads of {split.name.removesuffix('.heads')} in {type(model).__qualname__} "
+                                 f"cannot be split: its attention code fixes the head count ({type(e).__name__})") \
+                    from None
+            saved = first.o_w.detach().clone()
+            first.o_w.zero_()
+            try:
+                zeroed = net(inputs, net.full_mask())
+            finally:
+                first.o_w.copy_(saved)
+        if not torch.allclose(dropped, zeroed, atol=1e-5):
+            raise ValueError(f"the heads of {split.name.removesuffix('.heads')} in {type(model).__qualname__} "
+                             f"cannot be split: its attention code fixes the head count")
+
+
+def _add_head_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Block, att: Attention, base: str,
+                    prev: str, taken: set[str], context: set[fx.Node]) -> None:
+    """Branch `b` as `prev` -> [its code before the projections] -> one group per head (gated `<b>.h<j>`) ->
+    `base`, which adds Wo's bias to the heads' sum and runs the branch's code after Wo."""
+    source = prev
+    if att.pre:
+        source = _node_name(f"{b.name}_in", taken)
+        g.add_node(source)
+        modules[source] = _segment(root, att.pre, b.x, att.x)
+        g.add_edge(prev, source)
+    groups, o_b = head_groups(root, att, context)
+    bias: nn.Module = nn.Identity() if o_b is None else Bias(o_b, last=True)
+    after = _segment(root, att.post, att.out, b.branch_out)
+    modules[base] = bias if isinstance(after, nn.Identity) else nn.Sequential(bias, after)
+    names = []
+    for j, group in enumerate(groups):
+        gate = f"{b.name}.h{j}"
+        node = _node_name(gate, taken)
+        g.add_node(node)
+        modules[node] = group
+        g.add_edge(source, node, gate=gate)
+        g.add_edge(node, base)
+        names.append(node)
+    g.add_width_split(f"{b.name}.heads", names)
+
+
 def _add_width_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Block, pair: Pair, base: str,
                      prev: str, width_groups: int, taken: set[str]) -> None:
     """Branch `b` as `prev` -> [its code before the pair] -> the pair's width groups (gated `<b>.w<j>`) -> `base`,
@@ -328,7 +390,7 @@ def _add_width_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b
 
 def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block], input_shape: tuple[int, ...],
            config: dict, out: fx.Node, program: Program | None, model: nn.Module,
-           pairs: dict[int, Pair]) -> SuperNetwork:
+           pairs: dict[int, Pair | Attention]) -> SuperNetwork:
     """The chain input -> (branch, skip) -> join -> ... : one gated edge per block, into the join's sum. `order`
     holds the program's nodes from `first` on (before it: the torch.fx program's input); `root` owns what they
     read."""
@@ -343,7 +405,9 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
     for i, b in enumerate(blocks):
         base = _node_name(b.name, taken)
         g.add_node(base)
-        if id(b) in pairs:
+        if isinstance(pairs.get(id(b)), Attention):
+            _add_head_split(g, modules, root, b, pairs[id(b)], base, prev, taken, context)
+        elif id(b) in pairs:
             _add_width_split(g, modules, root, b, pairs[id(b)], base, prev, config["width_groups"], taken)
         elif b.module is not None:
             modules[base] = Increment(model.get_submodule(b.module))
