@@ -1,7 +1,8 @@
 """Width search: a layer pair split into channel groups, each group a gated branch of the super network.
 
 In a pair `first -> per-channel layers -> second` whose hidden channels only `second` reads (a basic block's
-conv-BN-ReLU-conv), `second`'s output without its bias is a sum over groups of hidden channels: group j computes
+conv-BN-ReLU-conv; per-channel layers are BatchNorm, depthwise convolutions and activations), `second`'s output
+without its bias is a sum over groups of hidden channels: group j computes
 `first`'s output channels of group j, their BatchNorm channels and activation, and `second`'s matching input slice.
 BatchNorm and the activation act per channel, so the split is exact. The bias of `second` and what follows it
 (BatchNorm, activation) belong to the node where the groups are summed.
@@ -43,12 +44,14 @@ class WidthGroup(nn.Sequential):
             raise ValueError("the second layer's bias belongs to the node where the groups are summed, not to a group")
         hidden = _width(layers[0], out=True)
         for m in layers[1:-1]:
-            if isinstance(m, _BatchNorm):
-                if m.num_features != hidden:
-                    raise ValueError(f"a width group's BatchNorm has {m.num_features} channels, not {hidden}")
+            if isinstance(m, _BatchNorm) or is_depthwise(m):
+                if _width_of(m, 0) != hidden:
+                    raise ValueError(f"a width group's {type(m).__name__} has {_width_of(m, 0)} channels, not {hidden}")
+                if is_depthwise(m) and m.padding_mode != "zeros":
+                    raise ValueError("a width group's depthwise convolution must pad with zeros")
             elif any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
                 raise ValueError(f"{type(m).__name__} between the layers of a width group must act per channel "
-                                 "(BatchNorm, or a layer without parameters such as ReLU)")
+                                 "(BatchNorm, a depthwise convolution, or a layer without parameters such as ReLU)")
         if _width(layers[-1], out=False) != hidden:
             raise ValueError(f"a width group's second layer reads {_width(layers[-1], out=False)} channels, "
                              f"its first writes {hidden}")
@@ -100,7 +103,8 @@ def split_layer_pair(layers: Sequence[nn.Module], groups: int, name: str = "laye
     for j in range(groups):
         sl = slice(j * k, (j + 1) * k)
         parts = [_sliced(layers[0], sl, dim=0)]
-        parts += [_sliced(m, sl, dim=0) if isinstance(m, _BatchNorm) else copy.deepcopy(m) for m in layers[1:-1]]
+        parts += [_sliced(m, sl, dim=0) if isinstance(m, _BatchNorm) or is_depthwise(m) else copy.deepcopy(m)
+                  for m in layers[1:-1]]
         parts.append(_sliced(second, sl, dim=1))
         out.append(WidthGroup(*parts))
     return out, tail
@@ -135,7 +139,16 @@ def fused_forward(groups: Sequence[WidthGroup], x: torch.Tensor, context: Any = 
     bias = torch.cat([m.bias for m in first]) if first[0].bias is not None else None
     h = _apply(head[0], x, torch.cat([m.weight for m in first]), bias)  # (B, sum of the groups' channels, ...)
     for i in range(1, len(head) - 1):
-        h = _norm([g[i] for g in layers], h) if isinstance(head[i], _BatchNorm) else head[i](h)
+        if isinstance(head[i], _BatchNorm):
+            h = _norm([g[i] for g in layers], h)
+        elif is_depthwise(head[i]):  # one channel per group of the convolution: the slices side by side
+            convs = [g[i] for g in layers]
+            bias = torch.cat([m.bias for m in convs]) if head[i].bias is not None else None
+            conv = (F.conv1d, F.conv2d, F.conv3d)[head[i].weight.dim() - 3]
+            h = conv(h, torch.cat([m.weight for m in convs]), bias, head[i].stride, head[i].padding,
+                     head[i].dilation, h.shape[1])
+        else:
+            h = head[i](h)
     return _apply(head[-1], h, torch.cat([g[-1].weight for g in layers], dim=1), None)
 
 
@@ -147,6 +160,9 @@ def fuse_groups(groups: Sequence[WidthGroup]) -> nn.Sequential:
     head = groups[0]
     layers = [_concat([g[i] for g in groups], dim=0 if i < len(head) - 1 else 1)
               if isinstance(head[i], (*_LAYERS, _BatchNorm)) else copy.deepcopy(head[i]) for i in range(len(head))]
+    for i in range(1, len(head) - 1):
+        if is_depthwise(head[i]):
+            layers[i].in_channels = layers[i].groups = layers[i].out_channels
     return nn.Sequential(*layers)
 
 
@@ -161,6 +177,11 @@ def kept_widths(net: nn.Module, mask: torch.Tensor) -> dict[str, list[int]]:
         if kept:
             out[split.merge] = [kept, sum(c for c, _ in widths)]
     return out
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    """A convolution of one input channel per output channel: it acts per channel, so it splits with them."""
+    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == m.in_channels == m.out_channels
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
@@ -192,6 +213,8 @@ def _sliced(layer: nn.Module, sl: slice, dim: int) -> nn.Module:
         if b is not None and b.dim() > 0:  # per-channel statistics; a batch counter is copied as it is
             setattr(out, name, b[sl].clone())
     _set_width(out, sl.stop - sl.start, dim)
+    if is_depthwise(layer):
+        out.in_channels = out.groups = out.out_channels
     return out
 
 

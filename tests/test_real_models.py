@@ -325,10 +325,10 @@ def test_a_hugging_face_vit_goes_through_every_command(tmp_path):
 def width_families():
     from tests.test_from_model import ResNet18, ViT
     return {"resnet18": (ResNet18, images), "vit": (ViT, images), "resnet50": (ResNet50, images),
-            "hf-vit": (hf_vit, images), "hf-bert": (hf_bert, tokens)}
+            "mobilenetv2": (MobileNetV2, images), "hf-vit": (hf_vit, images), "hf-bert": (hf_bert, tokens)}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit", "resnet50", "hf-vit", "hf-bert"])
+@pytest.mark.parametrize("name", ["resnet18", "vit", "resnet50", "mobilenetv2", "hf-vit", "hf-bert"])
 def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path):
     torch.manual_seed(0)
     factory, make_inputs = width_families()[name]
@@ -364,8 +364,8 @@ def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path
 def test_width_groups_are_refused_where_they_cannot_split():
     with pytest.raises(ValueError, match=r"layer1\.0: its 8 hidden channels do not divide into 3 width groups"):
         from_model(width_families()["resnet18"][0](), images(), width_groups=3)
-    with pytest.raises(ValueError, match="no residual branch of MobileNetV2 holds a layer pair"):
-        from_model(MobileNetV2(), images(), width_groups=2)  # its expansions have a depthwise convolution between
+    with pytest.raises(ValueError, match="no residual branch of GPT2ForSequenceClassification holds a layer pair"):
+        from_model(hf_gpt2(), (), tokens(), width_groups=2)  # Conv1D layers, one fused query-key-value projection
     with pytest.raises(ValueError, match="width_groups must be an integer >= 1"):
         from_model(ResNet50(), images(), width_groups=0)
 

@@ -1,6 +1,7 @@
 """Width in a converted model: in each gated branch, the first layer pair whose hidden channels only its second layer
-reads (a basic block's conv-BN-ReLU-conv, a bottleneck's first conv-BN-ReLU-conv, an MLP's Linear-act-Linear) is split
-into `width_groups` channel groups, each a gated branch of its own (bsnet.width).
+reads (a basic block's conv-BN-ReLU-conv, a bottleneck's first conv-BN-ReLU-conv, an inverted residual's expansion
+through its depthwise convolution, an MLP's Linear-act-Linear) is split into `width_groups` channel groups, each a
+gated branch of its own (bsnet.width).
 
 The branch is cut around the pair: what comes before its first layer (a LayerNorm, say) is one node, the groups are
 fed by it, and their sum (plus the second layer's bias) goes on through what follows the second layer. The pair is
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bsnet.from_model.blocks import Block
+from bsnet.width import is_depthwise
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.LeakyReLU,
@@ -58,22 +60,23 @@ def find_pair(root: nn.Module, block: Block, calls: dict[str, int], context: set
         layer = _layer(root, f, calls)
         if layer is None or getattr(layer, "groups", 1) != 1:
             continue
-        nodes, layers = [f], [layer]
+        nodes, layers, complete = [f], [layer], False
         for n in branch[i + 1:]:
             if list(nodes[-1].users) != [n] or [i for i in n.all_input_nodes if i.op != "get_attr"] != [nodes[-1]]:
                 break
+            per_channel = _per_channel(root, n, calls)
+            if per_channel is not None:
+                nodes.append(n)
+                layers.append(per_channel)
+                continue
             second = _layer(root, n, calls)
             if second is not None:
-                if type(second) is type(layer) and getattr(second, "groups", 1) == 1 and len(nodes) > 1:
+                complete = type(second) is type(layer) and getattr(second, "groups", 1) == 1 and len(nodes) > 1
+                if complete:
                     nodes.append(n)
                     layers.append(second)
-                break
-            per_channel = _per_channel(root, n, calls)
-            if per_channel is None:
-                break
-            nodes.append(n)
-            layers.append(per_channel)
-        if len(nodes) < 3 or _layer(root, nodes[-1], calls) is None:
+            break
+        if not complete:
             continue
         pre, post = branch[:i], branch[i + len(nodes):]
         if _separate(block.x, pre, nodes, post):
@@ -128,7 +131,8 @@ def _per_channel(root: nn.Module, n: fx.Node, calls: dict[str, int]) -> nn.Modul
     """A module for what `n` computes channel by channel: its BatchNorm, or an activation."""
     if n.op == "call_module" and not n.kwargs and len(n.args) == 1:
         m = root.get_submodule(n.target)
-        if (isinstance(m, _BatchNorm) and calls.get(n.target, 0) == 1) or isinstance(m, _ACTIVATION_MODULES):
+        if ((isinstance(m, _BatchNorm) or is_depthwise(m)) and calls.get(n.target, 0) == 1) or \
+                isinstance(m, _ACTIVATION_MODULES):
             return m  # an activation module may serve several places: it holds no state
     if n.op == "call_function" and n.target in _ACTIVATION_FUNCTIONS and len(n.args) == 1 and not n.kwargs:
         return _ACTIVATION_FUNCTIONS[n.target]()
