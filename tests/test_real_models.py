@@ -168,11 +168,11 @@ FAMILIES = {
 }
 
 
-def convert(model, inputs):
+def convert(model, inputs, width_groups=1):
     """from_model as a user calls it: a tensor positionally, a text model's inputs by keyword."""
     if isinstance(inputs, dict):
-        return from_model(model, (), inputs)
-    return from_model(model, inputs)
+        return from_model(model, (), inputs, width_groups=width_groups)
+    return from_model(model, inputs, width_groups=width_groups)
 
 
 def predict(model, inputs):
@@ -216,15 +216,19 @@ def test_grouped_and_per_example_masks_give_each_example_its_architecture(family
         assert (net(inputs, masks) - alone).abs().max() <= 1e-5
 
 
-def test_twenty_search_steps_under_half_the_flops_move_the_gates_and_lambda(family):
+@pytest.mark.parametrize("width_groups", [1, 4])
+def test_twenty_search_steps_under_half_the_flops_move_the_gates_and_lambda(family, width_groups, request):
     model, net, _, _ = family
+    splits = request.node.callspec.params["family"] not in ("shape-branching", "hf-gpt2")  # nothing to split there
+    if width_groups > 1 and not splits:
+        pytest.skip("no layer pair or attention to split")
     torch.manual_seed(0)
     inputs = net.example_inputs(8)  # 4 architectures of 2 examples per step
     inputs = {k: torch.randint(1, 100, v.shape) for k, v in inputs.items()} if isinstance(inputs, dict) \
         else torch.randn(inputs.shape)
-    net = convert(copy.deepcopy(model), inputs)
+    net = convert(copy.deepcopy(model), inputs, width_groups)
     flops = FlopsCost()
-    # Half the FLOPs, or as little as whole residual branches allow (MobileNetV2's are its cheap part).
+    # Half the FLOPs, or as little as the gates allow (MobileNetV2's residual branches are its cheap part).
     cheapest = float(flops(net, torch.zeros(net.num_gates)) / flops(net, net.full_mask()))
     search = BudgetedSearch(net, [parse_budget(f"{max(50, round(100 * cheapest) + 5)}%")])
     before = search.gates.probs().detach().clone()
