@@ -2,8 +2,6 @@
 whole conversion; `as_supernet`, what every command does with the object a user's factory returns."""
 from __future__ import annotations
 
-import copy
-import re
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
@@ -14,6 +12,7 @@ from torch import nn
 from bsnet.from_model.blocks import Block, check_shapes, cuts, gate_names, gated_modules, is_tensor, name_branches, \
     residual_blocks
 from bsnet.from_model.capture import Program, bind, export_program
+from bsnet.from_model.nodes import context_module, node_name, segment
 from bsnet.from_model.heads import Attention, HeadGroup, find_attention, head_groups
 from bsnet.from_model.pairs import Pair, find_pair
 from bsnet.from_model.trace import Leaf, capture, leaves_record, resolve_leaves
@@ -184,131 +183,7 @@ def as_supernet(obj: object, input_shape: Sequence[int] | None = None, *, gate: 
                       width_groups=width_groups)
 
 
-# ---- node modules -----------------------------------------------------------------------------------
-class Start(nn.Module):
-    """The input node of a captured program: its code up to the first cut, on the context (which holds the inputs)."""
-
-    def __init__(self, module: nn.Module, reads: Sequence[str]) -> None:
-        super().__init__()
-        self.module = module
-        self.reads = list(reads)
-
-    def forward(self, context: Mapping[str, Any]) -> torch.Tensor:
-        return self.module(*[context[n] for n in self.reads])
-
-
-class ReadsContext(nn.Module):
-    """A node module that reads values of the context (an attention mask, the batch size) beside its input."""
-
-    reads_context = True
-
-    def __init__(self, module: nn.Module, reads: Sequence[str]) -> None:
-        super().__init__()
-        self.module = module
-        self.reads = list(reads)
-
-    def forward(self, x: torch.Tensor, context: Mapping[str, Any]) -> torch.Tensor:
-        return self.module(x, *[context[n] for n in self.reads])
-
-
-class Context(nn.Module):
-    """What a captured program computes from its inputs alone, as a dict by node name (bsnet.supernet)."""
-
-    def __init__(self, program: fx.GraphModule, names: Sequence[str] | None) -> None:
-        super().__init__()
-        self.program = program
-        self.names = None if names is None else list(names)
-
-    def forward(self, inputs: Inputs) -> dict[str, Any]:
-        if self.names is None:
-            return self.program(inputs)
-        return self.program(*[inputs[n] for n in self.names])
-
-
-def _context_module(program: Program, needed: list[str]) -> Context:
-    g = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    want = {n for n in program.context if n.name in needed}
-    keep, todo = set(), list(want)
-    while todo:
-        n = todo.pop()
-        if n not in keep:
-            keep.add(n)
-            todo.extend(n.all_input_nodes)
-    for n in program.gm.graph.nodes:
-        if n.op == "placeholder" or n in keep:
-            env[n] = g.node_copy(n, env.__getitem__)
-    g.output({n.name: env[n] for n in program.gm.graph.nodes if n in want})
-    return Context(fx.GraphModule(program.gm, g, class_name="Context"), program.names)
-
-
-def _segment(root: nn.Module, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node, *,
-             out_of_place: bool = False, context: set[fx.Node] = frozenset()) -> nn.Module:
-    """A module computing `end` from the value of `start` by running `nodes` (in program order); values of the
-    `context` it reads come as further arguments (`ReadsContext`), and with no `start` they are all it reads
-    (`Start`)."""
-    if not nodes:
-        if start is not end:
-            raise AssertionError("an empty segment must pass its input through")
-        return nn.Identity()
-    if len(nodes) == 1 and nodes[0] is end and end.op == "call_module" and end.args == (start,) \
-            and not end.kwargs and not out_of_place:
-        return root.get_submodule(end.target)  # a single layer needs no generated code
-    g = fx.Graph()
-    env = {} if start is None else {start: g.placeholder("x")}
-    reads = list(dict.fromkeys(i for n in nodes for i in n.all_input_nodes if i in context))
-    for i in reads:
-        env[i] = g.placeholder(f"context_{i.name}")
-    for n in nodes:
-        for i in n.all_input_nodes:
-            if i not in env:
-                if i.op != "get_attr":
-                    raise AssertionError(f"{n.name} reads {i.name} from outside its segment")
-                env[i] = g.node_copy(i)
-        env[n] = g.node_copy(n, env.__getitem__)
-    g.output(env[end])
-    module = fx.GraphModule(root, g, class_name="Segment")
-    if out_of_place:
-        _no_inplace(module)
-    names = [i.name for i in reads]
-    if start is None:
-        return Start(module, names)
-    return ReadsContext(module, names) if names else module
-
-
-def _no_inplace(module: fx.GraphModule) -> None:
-    """Turn in-place activations out of place.
-
-    A join with one live input receives its source's tensor itself, not a fresh sum as in the model, and an
-    in-place ReLU there would overwrite a tensor autograd saved. Copies of parameter-free layers replace them;
-    in-place ATen operations (`relu_`, captured by torch.export) become their out-of-place forms.
-    """
-    for n in module.graph.nodes:
-        if n.op == "call_module":
-            layer = module.get_submodule(n.target)
-            if getattr(layer, "inplace", False) is True and not any(True for _ in layer.parameters()) \
-                    and not any(True for _ in layer.buffers()):
-                layer = copy.deepcopy(layer)
-                layer.inplace = False
-                module.add_submodule(n.target, layer)
-        elif n.op == "call_function" and n.kwargs.get("inplace") is True:
-            n.kwargs = {**n.kwargs, "inplace": False}
-        elif n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):
-            packet = n.target.overloadpacket.__name__
-            if packet.endswith("_") and not packet.startswith("_") and hasattr(torch.ops.aten, packet[:-1]):
-                n.target = getattr(getattr(torch.ops.aten, packet[:-1]), n.target._overloadname)
-    module.recompile()
-
-
-def _node_name(text: str, taken: set[str]) -> str:
-    name = re.sub(r"\W", "_", text) or "block"
-    unique, k = name, 2
-    while unique in taken:
-        unique, k = f"{name}_{k}", k + 1
-    taken.add(unique)
-    return unique
-
-
+# ---- the super network -----------------------------------------------------------------------------
 def _check_heads(net: SuperNetwork, model: nn.Module, inputs: Inputs) -> None:
     """Dropping a head must give what the attention computes with that head's share of Wo zeroed: the program
     finds its head count from the weights. Checked once per split, on the example inputs."""
@@ -343,18 +218,18 @@ def _add_head_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b:
     `base`, which adds Wo's bias to the heads' sum and runs the branch's code after Wo."""
     source = prev
     if att.pre:
-        source = _node_name(f"{b.name}_in", taken)
+        source = node_name(f"{b.name}_in", taken)
         g.add_node(source)
-        modules[source] = _segment(root, att.pre, b.x, att.x)
+        modules[source] = segment(root, att.pre, b.x, att.x)
         g.add_edge(prev, source)
     groups, o_b = head_groups(root, att, context)
     bias: nn.Module = nn.Identity() if o_b is None else Bias(o_b, last=True)
-    after = _segment(root, att.post, att.out, b.branch_out)
+    after = segment(root, att.post, att.out, b.branch_out)
     modules[base] = bias if isinstance(after, nn.Identity) else nn.Sequential(bias, after)
     names = []
     for j, group in enumerate(groups):
         gate = f"{b.name}.h{j}"
-        node = _node_name(gate, taken)
+        node = node_name(gate, taken)
         g.add_node(node)
         modules[node] = group
         g.add_edge(source, node, gate=gate)
@@ -369,17 +244,17 @@ def _add_width_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b
     which adds the second layer's bias to their sum and runs the branch's code after the pair."""
     source = prev
     if pair.pre:
-        source = _node_name(f"{b.name}_in", taken)
+        source = node_name(f"{b.name}_in", taken)
         g.add_node(source)
-        modules[source] = _segment(root, pair.pre, b.x, pair.first.args[0])
+        modules[source] = segment(root, pair.pre, b.x, pair.first.args[0])
         g.add_edge(prev, source)
     groups, bias = split_layer_pair(pair.layers, width_groups, b.name)
-    after = _segment(root, pair.post, pair.second, b.branch_out)
+    after = segment(root, pair.post, pair.second, b.branch_out)
     modules[base] = bias if isinstance(after, nn.Identity) else nn.Sequential(bias, after)
     names = []
     for j, group in enumerate(groups):
         gate = f"{b.name}.w{j}"
-        node = _node_name(gate, taken)
+        node = node_name(gate, taken)
         g.add_node(node)
         modules[node] = group
         g.add_edge(source, node, gate=gate)
@@ -398,12 +273,12 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
     taken: set[str] = set()
     g = Graph(input="input", output="")
     modules: dict[str, nn.Module] = {}
-    prev = _node_name("input", taken)
+    prev = node_name("input", taken)
     g.add_node(prev)
-    modules[prev] = _segment(root, order[first:blocks[0].start + 1], None if first == 0 else order[0],
+    modules[prev] = segment(root, order[first:blocks[0].start + 1], None if first == 0 else order[0],
                              blocks[0].x, context=context)
     for i, b in enumerate(blocks):
-        base = _node_name(b.name, taken)
+        base = node_name(b.name, taken)
         g.add_node(base)
         if isinstance(pairs.get(id(b)), Attention):
             _add_head_split(g, modules, root, b, pairs[id(b)], base, prev, taken, context)
@@ -413,22 +288,22 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
             modules[base] = Increment(model.get_submodule(b.module))
             g.add_edge(prev, base)
         else:
-            modules[base] = _segment(root, b.branch, b.x, b.branch_out, context=context)
+            modules[base] = segment(root, b.branch, b.x, b.branch_out, context=context)
             g.add_edge(prev, base)
         skip = prev
         if b.skip_out is not None:
-            skip = _node_name(f"{b.name}_skip", taken)
+            skip = node_name(f"{b.name}_skip", taken)
             g.add_node(skip)
-            modules[skip] = _segment(root, b.skip, b.x, b.skip_out, context=context)
+            modules[skip] = segment(root, b.skip, b.x, b.skip_out, context=context)
             g.add_edge(prev, skip)
-        join = _node_name(f"{b.name}_add", taken)
+        join = node_name(f"{b.name}_add", taken)
         g.add_node(join)
         g.add_edge(base, join, gate=b.name)
         g.add_edge(skip, join)
         last = i + 1 == len(blocks)
         stop = len(order) - 1 if last else blocks[i + 1].start + 1
         end = out if last else blocks[i + 1].x
-        modules[join] = _segment(root, order[b.end + 1:stop], b.join, end, out_of_place=True, context=context)
+        modules[join] = segment(root, order[b.end + 1:stop], b.join, end, out_of_place=True, context=context)
         prev = join
     g.output = prev
     if program is None:
@@ -436,4 +311,4 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
     needed = list(dict.fromkeys(n for m in modules.values() for n in getattr(m, "reads", ())))
     spec = None if program.names is None else {k: (d, tuple(s)) for k, (d, s) in config["inputs"].items()}
     return SuperNetwork(g, modules, input_shape, name=None, config=config,
-                        context=_context_module(program, needed), input_spec=spec)
+                        context=context_module(program, needed), input_spec=spec)
