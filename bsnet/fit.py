@@ -69,11 +69,20 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
     """
     if epochs < 1 or finetune_epochs < 0:
         raise ValueError("fit needs epochs >= 1 and finetune_epochs >= 0")
+    for name, batches in (("train", train), ("val", val)):
+        if batches is not None and not callable(batches) and iter(batches) is batches:
+            raise ValueError(f"{name} is an iterator, used up after one pass: pass a list, a DataLoader, or a "
+                             f"function returning the batches")
     each = train if callable(train) else (lambda: train)
     scored = val if callable(val) or val is None else (lambda: val)
-    model = copy.deepcopy(model)
+    # The copy is captured on `device`: a captured program creates its own tensors (positions, masks) there.
+    model = copy.deepcopy(model).to(device)
+    def moved(value: Any) -> Any:
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+    example_args = tuple(map(moved, example_args)) if isinstance(example_args, (tuple, list)) else moved(example_args)
+    example_kwargs = {k: moved(v) for k, v in (example_kwargs or {}).items()}
     net = from_model(model, example_args, example_kwargs, gate=gate, leaf_modules=leaf_modules,
-                     width_groups=width_groups).to(device)
+                     width_groups=width_groups)
     val_model = None if scored is None else accuracy(net, scored(), device, mask=net.full_mask())
     cfg = dataclasses.replace(config or SearchConfig(), lr=lr)
     search = BudgetedSearch(net, [parse_budget(b) for b in budgets], cfg, device=device, init_logits=init_logits)
@@ -85,7 +94,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
     mask = found.mask
     t1 = time.perf_counter()
     recalibrate_bn(net, lambda x: net(x, mask), each(), device)  # the search's statistics belong to no one variant
-    steps = sum(1 for _ in each()) if finetune_epochs else 1
+    steps = len(train) if hasattr(train, "__len__") else sum(1 for _ in each()) if finetune_epochs else 1
     finetune(net, mask, lambda _: each(), finetune_epochs, steps, lr=lr, device=device)
     t2 = time.perf_counter()
     extra = [b.cost for b in search.budgets if b.cost.name not in ("flops", "params", "parallel")]

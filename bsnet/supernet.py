@@ -155,6 +155,13 @@ class SuperNetwork(nn.Module):
             mask = self.full_mask()
         if mask.shape[-1] != self.num_gates:
             raise ValueError(f"mask has {mask.shape[-1]} gates, the network has {self.num_gates}")
+        if self.input_spec is not None:  # a captured program runs on the shapes it was captured with
+            if not isinstance(x, Mapping) or set(x) != set(self.input_spec):
+                raise ValueError(f"the network takes a dict of {', '.join(self.input_spec)}")
+            for name, (_, shape) in self.input_spec.items():
+                if tuple(x[name].shape[1:]) != tuple(shape):
+                    raise ValueError(f"input {name!r} must be shaped (batch, {', '.join(map(str, shape))}), got "
+                                     f"{tuple(x[name].shape)}")
         if grouped:
             if mask.dim() != 2 or mask.shape[0] > batch_size(x):
                 raise ValueError("grouped mode takes masks shaped [K, num_gates] with K <= batch size")
@@ -226,8 +233,10 @@ class SuperNetwork(nn.Module):
 
     def _disconnected(self, x: Inputs, context: Any) -> torch.Tensor:
         out = self.graph.output
-        device = next((p.device for p in self.parameters()), torch.device("cpu"))
-        return self._node(out, torch.zeros(batch_size(x), *self.profile[out].in_shape, device=device), context)
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        like = {} if param is None else {"device": param.device, "dtype": param.dtype}
+        zeros = torch.zeros(batch_size(x), *self.profile[out].in_shape, **like)
+        return self._node(out, zeros, context)
 
     def _forward_masked(self, x: Inputs, mask: torch.Tensor) -> torch.Tensor:
         """The reference code's mode: every node computed, gated outputs multiplied per example. A node dead in an

@@ -106,7 +106,8 @@ class ShapeBranching(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
-        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5))
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5),
+                                  nn.Conv2d(8, 8, 1, bias=False))  # captured as aten.conv2d(h, w): no other argument
         self.head = nn.Linear(8, 10)
 
     def forward(self, x):
@@ -219,7 +220,7 @@ def test_grouped_and_per_example_masks_give_each_example_its_architecture(family
 @pytest.mark.parametrize("width_groups", [1, 4])
 def test_twenty_search_steps_under_half_the_flops_move_the_gates_and_lambda(family, width_groups, request):
     model, net, _, _ = family
-    splits = request.node.callspec.params["family"] not in ("shape-branching", "hf-gpt2")  # nothing to split there
+    splits = request.node.callspec.params["family"] != "hf-gpt2"  # nothing to split there
     if width_groups > 1 and not splits:
         pytest.skip("no layer pair or attention to split")
     torch.manual_seed(0)
@@ -329,10 +330,12 @@ def test_a_hugging_face_vit_goes_through_every_command(tmp_path):
 def width_families():
     from tests.test_from_model import ResNet18, ViT
     return {"resnet18": (ResNet18, images), "vit": (ViT, images), "resnet50": (ResNet50, images),
-            "mobilenetv2": (MobileNetV2, images), "hf-vit": (hf_vit, images), "hf-bert": (hf_bert, tokens)}
+            "mobilenetv2": (MobileNetV2, images), "shape-branching": (ShapeBranching, images),
+            "hf-vit": (hf_vit, images), "hf-bert": (hf_bert, tokens)}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit", "resnet50", "mobilenetv2", "hf-vit", "hf-bert"])
+@pytest.mark.parametrize("name", ["resnet18", "vit", "resnet50", "mobilenetv2", "shape-branching", "hf-vit",
+                                  "hf-bert"])
 def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path):
     torch.manual_seed(0)
     factory, make_inputs = width_families()[name]
@@ -392,3 +395,16 @@ def test_a_variant_without_whole_layers_is_a_hugging_face_model_again(name, tmp_
     with pytest.raises(ValueError, match="keeps part of itself"):
         save_pretrained(model, net, mask, tmp_path / "half")
     assert not (tmp_path / "half").exists()
+
+
+def test_a_text_network_refuses_inputs_of_other_names_or_lengths_in_one_line():
+    torch.manual_seed(0)
+    inputs = tokens()
+    net = convert(hf_bert().eval(), inputs)
+    short = {k: v[:, :8] for k, v in inputs.items()}  # the program was captured at length 16
+    with pytest.raises(ValueError, match=r"input 'input_ids' must be shaped \(batch, 16\), got \(3, 8\)"):
+        net(short)
+    with pytest.raises(ValueError, match="takes a dict of input_ids, attention_mask"):
+        net({"input_ids": inputs["input_ids"]})
+    with pytest.raises(ValueError, match="iterator, used up after one pass"):
+        bsnet.fit(hf_bert(), (), inputs, budgets=["50%"], train=iter([(inputs, torch.zeros(3, dtype=torch.long))]))

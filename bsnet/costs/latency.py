@@ -58,7 +58,8 @@ def measure_latency(net: SuperNetwork, *, device: torch.device | str = "cpu", ba
     if net.context is not None:
         inputs = to_device(net.example_inputs(batch_size), device)
         context_module = copy.deepcopy(net.context).to(device=device)
-        context = context_module(inputs)
+        context = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                   for k, v in context_module(inputs).items()}  # masks in the nodes' dtype; ids stay integers
     try:
         for key, module, in_shape in _timed(net):
             module = copy.deepcopy(module).to(device=device, dtype=dtype)  # never move the user's net

@@ -9,6 +9,7 @@ from bsnet.architecture import Architecture
 from bsnet.export.onnx import export_onnx
 from bsnet.export.pt import save_weights
 from bsnet.export.python_source import export_python
+from bsnet.inputs import check_spec
 
 FORMATS = {"pt": ".safetensors", "onnx": ".onnx", "python": ".py"}
 EXPORT_DIR = "export"  # the one place in a run directory where exports are written
@@ -75,7 +76,8 @@ def export_file(module: torch.fx.GraphModule, arch: Architecture, fmt: str, out:
     elif fmt == "onnx":
         if input_shape is None:
             raise ValueError("the onnx format needs the network's input shape")
-        export_onnx(module, input_shape, out)
+        spec = arch.supernet_config.get("inputs")  # a model of several named inputs
+        export_onnx(module, input_shape, out, input_spec=None if spec is None else check_spec(spec))
     else:
         export_python(module, arch, out)
     return out

@@ -36,9 +36,13 @@ def save_pretrained(model: nn.Module, net: SuperNetwork, mask: torch.Tensor, pat
                          "as pt or onnx")
     layers, where = _layer_list(model, net.gate_names)
     kept = dict(zip(net.gate_names, (mask > 0.5).tolist()))
+    outside = [g for g in net.gate_names if not kept[g] and not g.startswith(f"{where}.")]
+    if outside:
+        raise ValueError(f"the variant drops {', '.join(outside)}, outside the model's layers: a Hugging Face config "
+                         f"cannot say so; write it as pt or onnx")
     keep: list[int] = []
     for i in range(len(layers)):
-        inside = [g for g in net.gate_names if g.startswith(f"{where}.{i}.")]
+        inside = [g for g in net.gate_names if g == f"{where}.{i}" or g.startswith(f"{where}.{i}.")]
         if all(kept[g] for g in inside):
             keep.append(i)
         elif any(kept[g] for g in inside):

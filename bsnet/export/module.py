@@ -21,10 +21,13 @@ from bsnet.supernet import SuperNetwork
 from bsnet.width import fuse_groups
 
 
+RESERVED = ("forward", "training", "code", "context")  # "context": a captured program's, see export_module
+
+
 def attribute_name(node: str) -> str:
     """A node name as a Python identifier (`C-2_1-3_1` -> `C_2_1_3_1`)."""
     name = re.sub(r"\W", "_", node)
-    if not name or name[0].isdigit() or keyword.iskeyword(name) or name in ("forward", "training", "code"):
+    if not name or name[0].isdigit() or keyword.iskeyword(name) or name in RESERVED:
         name = f"n_{name}"
     return name
 

@@ -65,7 +65,9 @@ def find_attention(root: nn.Module, block: Block, context: set[fx.Node]) -> Atte
     o_b = out.args[2] if len(out.args) > 2 else None
     if any(_param(root, w) is None or len(w.users) != 1 for w in (*weights.values(), *([o_b] if o_b else []))):
         return None
-    if _param(root, weights["q_w"]).shape[0] != heads * head_dim or heads < 2:
+    if any(_param(root, weights[r]).shape[0] != heads * head_dim for r in ("q_w", "k_w", "v_w")) or heads < 2:
+        return None  # grouped-query attention (fewer key/value heads) is not split
+    if any(k not in ("scale", "is_causal") for k in s.kwargs):
         return None
     x = projections[0].args[0]
     inside = set(branch)

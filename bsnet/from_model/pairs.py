@@ -107,7 +107,8 @@ def _aten_layer(root: nn.Module, n: fx.Node) -> nn.Module | None:
     if n.target is aten.linear.default:
         layer: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta")
     else:
-        stride, padding, dilation, groups = (list(n.args[3:]) + [1, 0, 1, 1][len(n.args) - 3:])[:4]
+        rest = list(n.args[3:])  # torch.export leaves out trailing defaults: conv2d(x, w) is a plain convolution
+        stride, padding, dilation, groups = rest + [1, 0, 1, 1][len(rest):]
         if isinstance(padding, str):
             return None
         layer = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride, padding, dilation, groups,
