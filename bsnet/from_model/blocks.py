@@ -87,6 +87,16 @@ def check_shapes(model: nn.Module, x: torch.Tensor, names: list[str]) -> None:
                              f"shape, so that dropping it (the identity) fits")
 
 
+def parameter_of(root: nn.Module, n: object) -> nn.Parameter | None:
+    """The parameter a `get_attr` node of `root`'s program reads, or None (a buffer, a constant, not such a node)."""
+    if not isinstance(n, fx.Node) or n.op != "get_attr":
+        return None
+    obj = root
+    for part in n.target.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, nn.Parameter) else None
+
+
 # ---- cutting the program ----------------------------------------------------------------------------
 def is_tensor(n: fx.Node) -> bool:
     t = n.meta.get("type")  # torch.fx's record; torch.export's is the value itself

@@ -212,55 +212,30 @@ def _check_heads(net: SuperNetwork, model: nn.Module, inputs: Inputs) -> None:
                              f"cannot be split: its attention code fixes the head count")
 
 
-def _add_head_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Block, att: Attention, base: str,
-                    prev: str, taken: set[str], context: set[fx.Node]) -> None:
-    """Branch `b` as `prev` -> [its code before the projections] -> one group per head (gated `<b>.h<j>`) ->
-    `base`, which adds Wo's bias to the heads' sum and runs the branch's code after Wo."""
+def _add_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Block, base: str, prev: str,
+               taken: set[str], *, pre: list[fx.Node], pre_out: fx.Node, groups: list[nn.Module], tail: nn.Module,
+               post: list[fx.Node], post_in: fx.Node, kind: str) -> None:
+    """Branch `b` as `prev` -> [its code `pre` up to `pre_out`] -> `groups` (each gated `<b>.<kind[0]><j>`, declared
+    as the split `<b>.<kind>`) -> `base`, which runs `tail` (the bias left out of the groups) on their sum and then
+    the branch's code `post` from `post_in` on."""
     source = prev
-    if att.pre:
+    if pre:
         source = node_name(f"{b.name}_in", taken)
         g.add_node(source)
-        modules[source] = segment(root, att.pre, b.x, att.x)
+        modules[source] = segment(root, pre, b.x, pre_out)
         g.add_edge(prev, source)
-    groups, o_b = head_groups(root, att, context)
-    bias: nn.Module = nn.Identity() if o_b is None else Bias(o_b, last=True)
-    after = segment(root, att.post, att.out, b.branch_out)
-    modules[base] = bias if isinstance(after, nn.Identity) else nn.Sequential(bias, after)
+    after = segment(root, post, post_in, b.branch_out)
+    modules[base] = tail if isinstance(after, nn.Identity) else nn.Sequential(tail, after)
     names = []
     for j, group in enumerate(groups):
-        gate = f"{b.name}.h{j}"
+        gate = f"{b.name}.{kind[0]}{j}"
         node = node_name(gate, taken)
         g.add_node(node)
         modules[node] = group
         g.add_edge(source, node, gate=gate)
         g.add_edge(node, base)
         names.append(node)
-    g.add_width_split(f"{b.name}.heads", names)
-
-
-def _add_width_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Block, pair: Pair, base: str,
-                     prev: str, width_groups: int, taken: set[str]) -> None:
-    """Branch `b` as `prev` -> [its code before the pair] -> the pair's width groups (gated `<b>.w<j>`) -> `base`,
-    which adds the second layer's bias to their sum and runs the branch's code after the pair."""
-    source = prev
-    if pair.pre:
-        source = node_name(f"{b.name}_in", taken)
-        g.add_node(source)
-        modules[source] = segment(root, pair.pre, b.x, pair.first.args[0])
-        g.add_edge(prev, source)
-    groups, bias = split_layer_pair(pair.layers, width_groups, b.name)
-    after = segment(root, pair.post, pair.second, b.branch_out)
-    modules[base] = bias if isinstance(after, nn.Identity) else nn.Sequential(bias, after)
-    names = []
-    for j, group in enumerate(groups):
-        gate = f"{b.name}.w{j}"
-        node = node_name(gate, taken)
-        g.add_node(node)
-        modules[node] = group
-        g.add_edge(source, node, gate=gate)
-        g.add_edge(node, base)
-        names.append(node)
-    g.add_width_split(f"{b.name}.width", names)
+    g.add_width_split(f"{b.name}.{kind}", names)
 
 
 def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block], input_shape: tuple[int, ...],
@@ -280,10 +255,16 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
     for i, b in enumerate(blocks):
         base = node_name(b.name, taken)
         g.add_node(base)
-        if isinstance(pairs.get(id(b)), Attention):
-            _add_head_split(g, modules, root, b, pairs[id(b)], base, prev, taken, context)
-        elif id(b) in pairs:
-            _add_width_split(g, modules, root, b, pairs[id(b)], base, prev, config["width_groups"], taken)
+        split = pairs.get(id(b))
+        if isinstance(split, Attention):  # one group per head; Wo's bias where they are summed
+            heads, o_b = head_groups(root, split, context)
+            _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.x, groups=heads,
+                       tail=nn.Identity() if o_b is None else Bias(o_b, last=True), post=split.post,
+                       post_in=split.out, kind="heads")
+        elif split is not None:  # the pair's width groups; its second layer's bias where they are summed
+            groups, bias = split_layer_pair(split.layers, config["width_groups"], b.name)
+            _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.first.args[0],
+                       groups=groups, tail=bias, post=split.post, post_in=split.second, kind="width")
         elif b.module is not None:
             modules[base] = Increment(model.get_submodule(b.module))
             g.add_edge(prev, base)

@@ -24,7 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from bsnet.from_model.blocks import MODE_LAYER
+from bsnet.from_model.blocks import MODE_LAYER, parameter_of
 from bsnet.inputs import Inputs
 
 _ASSERTS = {torch.ops.aten._assert_tensor_metadata.default, torch.ops.aten._assert_scalar.default,
@@ -176,21 +176,13 @@ def _follow_training_flag(gm: fx.GraphModule, model: nn.Module) -> None:
 
 def _context(gm: fx.GraphModule) -> set[fx.Node]:
     """The nodes that read no parameter, directly or through other nodes: computed from the inputs alone."""
-    def is_param(n: fx.Node) -> bool:
-        if n.op != "get_attr":
-            return False
-        obj = gm
-        for part in n.target.split("."):
-            obj = getattr(obj, part)
-        return isinstance(obj, nn.Parameter)
-
     stream: set[fx.Node] = set()
     context: set[fx.Node] = set()
     for n in gm.graph.nodes:
         if n.op in ("get_attr", "output"):
             continue
         owns = n.op == "call_module" and any(True for _ in gm.get_submodule(n.target).parameters())
-        if owns or any(i in stream or is_param(i) for i in n.all_input_nodes):
+        if owns or any(i in stream or parameter_of(gm, i) is not None for i in n.all_input_nodes):
             stream.add(n)
         else:
             context.add(n)

@@ -15,8 +15,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from bsnet.from_model.blocks import Block
-from bsnet.from_model.pairs import _param
+from bsnet.from_model.blocks import Block, parameter_of
 
 _SHAPE_OPS = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten.transpose.int,
               torch.ops.aten.permute.default, torch.ops.aten.contiguous.default, torch.ops.aten.clone.default}
@@ -63,9 +62,9 @@ def find_attention(root: nn.Module, block: Block, context: set[fx.Node]) -> Atte
         weights[f"{role}_w"], weights[f"{role}_b"] = p.args[1], p.args[2]
     weights["o_w"] = out.args[1]
     o_b = out.args[2] if len(out.args) > 2 else None
-    if any(_param(root, w) is None or len(w.users) != 1 for w in (*weights.values(), *([o_b] if o_b else []))):
+    if any(parameter_of(root, w) is None or len(w.users) != 1 for w in (*weights.values(), *([o_b] if o_b else []))):
         return None
-    if any(_param(root, weights[r]).shape[0] != heads * head_dim for r in ("q_w", "k_w", "v_w")) or heads < 2:
+    if any(parameter_of(root, weights[r]).shape[0] != heads * head_dim for r in ("q_w", "k_w", "v_w")) or heads < 2:
         return None  # grouped-query attention (fewer key/value heads) is not split
     if any(k not in ("scale", "is_causal") for k in s.kwargs):
         return None
@@ -177,12 +176,12 @@ def head_groups(root: nn.Module, att: Attention, context: set[fx.Node]) -> tuple
             env[n] = g.node_copy(n, env.__getitem__)
     g.output(env[att.out])
     core = fx.GraphModule(root, g, class_name="AttentionCore")
-    w = {r: _param(root, att.weights[r]) for r in HeadGroup.ROLES}
+    w = {r: parameter_of(root, att.weights[r]) for r in HeadGroup.ROLES}
     d = att.head_dim
     groups = []
     for h in range(att.heads):
         rows = slice(h * d, (h + 1) * d)
         groups.append(HeadGroup(core, {r: (w[r][:, rows] if r == "o_w" else w[r][rows]) for r in HeadGroup.ROLES},
                                 [i.name for i in reads], d))
-    bias = None if att.o_b is None else _param(root, att.o_b)
+    bias = None if att.o_b is None else parameter_of(root, att.o_b)
     return groups, bias

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bsnet.from_model.blocks import Block
+from bsnet.from_model.blocks import Block, parameter_of
 from bsnet.width import is_depthwise
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -100,7 +100,7 @@ def _aten_layer(root: nn.Module, n: fx.Node) -> nn.Module | None:
     if n.target not in (aten.linear.default, aten.conv2d.default) or n.kwargs:
         return None
     weight, bias = n.args[1], n.args[2] if len(n.args) > 2 else None
-    params = [_param(root, a) for a in (weight, bias) if a is not None]
+    params = [parameter_of(root, a) for a in (weight, bias) if a is not None]
     if any(p is None for p in params) or any(len(a.users) != 1 for a in (weight, bias) if a is not None):
         return None
     w = params[0]
@@ -117,15 +117,6 @@ def _aten_layer(root: nn.Module, n: fx.Node) -> nn.Module | None:
     if bias is not None:
         layer.bias = params[1]
     return layer
-
-
-def _param(root: nn.Module, n: object) -> nn.Parameter | None:
-    if not isinstance(n, fx.Node) or n.op != "get_attr":
-        return None
-    obj = root
-    for part in n.target.split("."):
-        obj = getattr(obj, part, None)
-    return obj if isinstance(obj, nn.Parameter) else None
 
 
 def _per_channel(root: nn.Module, n: fx.Node, calls: dict[str, int]) -> nn.Module | None:
