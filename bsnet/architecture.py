@@ -18,7 +18,7 @@ FORMAT_VERSION = 2  # 2: `widths`, the kept channels of each width-split block
 READABLE_VERSIONS = (1, 2)
 # Metrics that the tables print as fractions: when present, each is a number in [0, 1] (None where not measured).
 FRACTION_METRICS = ("test_acc", "test_acc_search_weights", "val_acc_search_weights", "test_acc_finetuned",
-                    "full_test_acc", "test_miou", "full_test_miou")
+                    "val_acc_finetuned", "full_test_acc", "test_miou", "full_test_miou")
 
 # What rebuilds a custom super network: a SuperNetwork, a model searched through `bsnet.from_model`, or a factory.
 SupernetSource = nn.Module | Callable[[], nn.Module] | None

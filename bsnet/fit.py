@@ -1,7 +1,9 @@
 """fit: the whole job on a user's own model in one call. The model becomes a super network (`from_model`), the search
-learns which of its residual branches to keep under the budgets from the user's batches, and the found variant is
-fine-tuned and returned as a plain network with a report. No files are written: save the variant as you like
-(`bsnet.export`), or use `bsnet.run_search` for a run directory with checkpoints, resume and the CLI's commands."""
+learns which of its branches, widths and heads to keep under the budgets from the user's batches, and the found
+variant is fine-tuned and returned as a plain network with a report. These are the steps `bsnet search --model` takes
+(`bsnet.pipeline.run_epochs`, `bsnet.outcome.finish`), on the user's batches instead of a data set. No files are
+written: save the variant as you like (`bsnet.export`), or use `bsnet.run_search` for a run directory with
+checkpoints, resume and the CLI's commands."""
 from __future__ import annotations
 
 import copy
@@ -13,15 +15,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-import bsnet
-from bsnet.architecture import Architecture, kept_names
+from bsnet.architecture import Architecture
 from bsnet.budgets import parse_budget
-from bsnet.costs.registry import all_costs
 from bsnet.export.module import export_module
 from bsnet.from_model import from_model
+from bsnet.outcome import Progress, finish, found_architecture, no_progress
+from bsnet.pipeline import SearchRun, UserBatches, run_epochs
 from bsnet.search import BudgetedSearch, SearchConfig
-from bsnet.train import accuracy, finetune, recalibrate_bn
-from bsnet.width import kept_widths
+from bsnet.train import accuracy
 
 Batches = Iterable[tuple[Any, torch.Tensor]]  # (inputs: a tensor or a dict of tensors, targets), a DataLoader say
 
@@ -36,6 +37,7 @@ class FitReport:
     val_acc: float | None = None  # the fine-tuned variant's accuracy on `val`
     val_acc_model: float | None = None  # the model's own, before the search
     seconds: dict[str, float] = field(default_factory=dict)  # search, fine-tune
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per search epoch, as metrics.jsonl's
 
     def fraction(self, cost: str = "flops") -> float:
         """The variant's cost as a share of the model's."""
@@ -43,11 +45,11 @@ class FitReport:
 
 
 def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] | None = None, *,
-        budgets: Sequence[str], train: Batches | Callable[[], Batches],
+        budgets: Sequence[str], train: Batches | Callable[[int], Batches],
         val: Batches | Callable[[], Batches] | None = None, epochs: int = 3, finetune_epochs: int = 1,
         lr: float = 0.01, config: SearchConfig | None = None, device: torch.device | str = "cpu",
         gate: str | Sequence[str] = "residual", leaf_modules: Sequence = (), width_groups: int = 1,
-        init_logits: torch.Tensor | None = None) -> tuple[nn.Module, FitReport]:
+        init_logits: torch.Tensor | None = None, progress: Progress = no_progress) -> tuple[nn.Module, FitReport]:
     """A variant of `model` within `budgets`, fine-tuned, as a plain network (a `torch.fx.GraphModule`), and its
     report.
 
@@ -55,14 +57,16 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         model: your (trained) model; it is left as it is (the search works on a copy).
         example_args, example_kwargs: one batch of inputs, as `from_model` takes them.
         budgets: `"50%"` (FLOPs), `"params=1.2M"`, `"latency=3ms"`... as on the command line.
-        train: the training batches, (inputs, class targets) pairs, iterated once per epoch; a callable returning
-            them is called once per epoch (a fresh shuffle).
+        train: the training batches, (inputs, class targets) pairs, iterated once per pass; or `train(epoch)`
+            returning a pass's batches, so that each pass can be shuffled from its number (search epochs are 0 to
+            `epochs` - 1; the fine-tune's are 10,000 on; BatchNorm statistics are recomputed on pass 0).
         val: batches to score the model and the variant on (accuracy), if any.
         epochs: search epochs over `train`; finetune_epochs: epochs of the found variant alone afterwards.
         lr: the weights' learning rate in both phases (a tenth of a from-scratch rate: the weights are trained).
         config: other search settings (`lr` overrides its own).
         gate, leaf_modules, width_groups: as in `from_model` (`width_groups=4`: widths searched too).
         init_logits: the gates' starting logits, as `BudgetedSearch` takes them.
+        progress: `(label, total) -> advance(info)`, called for each epoch and the fine-tune (`bsnet.outcome.Progress`).
 
     Raises:
         ValueError: the model cannot be converted, a budget cannot be read, or none can be met.
@@ -73,7 +77,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         if batches is not None and not callable(batches) and iter(batches) is batches:
             raise ValueError(f"{name} is an iterator, used up after one pass: pass a list, a DataLoader, or a "
                              f"function returning the batches")
-    each = train if callable(train) else (lambda: train)
+    each = train if callable(train) else (lambda epoch: train)
     scored = val if callable(val) or val is None else (lambda: val)
     # The copy is captured on `device`: a captured program creates its own tensors (positions, masks) there.
     model = copy.deepcopy(model).to(device)
@@ -84,28 +88,20 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
     net = from_model(model, example_args, example_kwargs, gate=gate, leaf_modules=leaf_modules,
                      width_groups=width_groups)
     val_model = None if scored is None else accuracy(net, scored(), device, mask=net.full_mask())
+    first = each(0)  # a DataLoader (or a function returning one) knows its length: no pass needed to count
+    steps = len(first) if hasattr(first, "__len__") else sum(1 for _ in first)
     cfg = dataclasses.replace(config or SearchConfig(), lr=lr)
-    search = BudgetedSearch(net, [parse_budget(b) for b in budgets], cfg, device=device, init_logits=init_logits)
+    search = BudgetedSearch(net, [parse_budget(b, device=str(device)) for b in budgets], cfg, steps_per_epoch=steps,
+                            epochs=epochs, device=device, init_logits=init_logits)
+    # The steps of `bsnet search`: its epoch loop and its ending (BatchNorm recalibrated, fine-tuned), on these batches.
+    run = SearchRun(search, UserBatches(each, scored, steps), batch_size=0, seed=cfg.seed, device=torch.device(device))
     t0 = time.perf_counter()
-    for _ in range(epochs):
-        for x, y in each():
-            search.step(x, y)
-    found = search.found()
-    mask = found.mask
+    history = run_epochs(run, epochs, progress=progress)
     t1 = time.perf_counter()
-    recalibrate_bn(net, lambda x: net(x, mask), each(), device)  # the search's statistics belong to no one variant
-    steps = len(train) if hasattr(train, "__len__") else sum(1 for _ in each()) if finetune_epochs else 1
-    finetune(net, mask, lambda _: each(), finetune_epochs, steps, lr=lr, device=device)
-    t2 = time.perf_counter()
-    extra = [b.cost for b in search.budgets if b.cost.name not in ("flops", "params", "parallel")]
-    arch = Architecture(supernet=None, supernet_config=net.config,
-                        gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
-                        kept=kept_names(mask, net.gate_names), projected=found.projected, dropped=found.dropped,
-                        cost=all_costs(net, mask, extra), budget=dict(zip([b.cost.name for b in search.budgets],
-                                                                          search.limits)),
-                        full_cost=all_costs(net, net.full_mask(), extra), widths=kept_widths(net, mask),
-                        bsnet_version=bsnet.__version__)
-    variant = export_module(net, mask).eval()
-    report = FitReport(arch, arch.cost, arch.full_cost, None if scored is None else accuracy(variant, scored(), device),
-                       val_model, {"search": t1 - t0, "finetune": t2 - t1})
+    outcome = finish(run, finetune_epochs, lr=lr, progress=progress)
+    arch = found_architecture(run, outcome, epochs=epochs)
+    variant = export_module(outcome.network, outcome.mask).eval()
+    report = FitReport(arch, arch.cost, arch.full_cost, outcome.metrics["val_acc_finetuned"]
+                       if finetune_epochs else outcome.metrics["val_acc_search_weights"], val_model,
+                       {"search": t1 - t0, "finetune": time.perf_counter() - t1}, history)
     return variant, report

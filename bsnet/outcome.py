@@ -41,19 +41,22 @@ class Outcome:
     chosen: int = 0  # 0: the found architecture; i: the i-th tempered sample (`select`)
 
 
-def _accuracy(run: SearchRun, net: SuperNetwork, mask: torch.Tensor, split: str) -> float:
-    return accuracy(net, batches(getattr(run.data, split), 256), run.device, mask=mask)
+def _accuracy(run: SearchRun, net: SuperNetwork, mask: torch.Tensor, split: str) -> float | None:
+    """Accuracy on the whole split (rank 0 alone scores); None where the run has no such split (`fit`'s batches)."""
+    scored = run.scoring_batches(split, shard=False)
+    return None if scored is None else accuracy(net, scored, run.device, mask=mask)
 
 
-def tuned(run: SearchRun, mask: torch.Tensor, epochs: int, advance: Callable[[str], None] | None = None
-          ) -> tuple[SuperNetwork, dict[str, float]]:
+def tuned(run: SearchRun, mask: torch.Tensor, epochs: int, advance: Callable[[str], None] | None = None,
+          lr: float = 0.02) -> tuple[SuperNetwork, dict[str, float | None]]:
     """A copy of the search weights for architecture `mask`: BatchNorm statistics recomputed for it, scored on
-    test and validation, then fine-tuned for `epochs` (every candidate on the same batches) and scored again."""
+    test and validation, then fine-tuned for `epochs` at `lr` (every candidate on the same batches) and scored
+    again."""
     net = copy.deepcopy(run.net)
     recalibrate_bn(net, lambda x: net(x, mask), run.batches(0, augment=False), run.device)
     scores = {"test": _accuracy(run, net, mask, "test"), "val": _accuracy(run, net, mask, "val")}
     if epochs > 0:
-        finetune(net, mask, lambda e: run.batches(10_000 + e), epochs, run.steps_per_epoch, device=run.device,
+        finetune(net, mask, lambda e: run.batches(10_000 + e), epochs, run.steps_per_epoch, lr=lr, device=run.device,
                  on_step=(lambda: advance("")) if advance else None)
         scores["test_ft"] = _accuracy(run, net, mask, "test")
         scores["val_ft"] = _accuracy(run, net, mask, "val")
@@ -61,23 +64,26 @@ def tuned(run: SearchRun, mask: torch.Tensor, epochs: int, advance: Callable[[st
 
 
 def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature: float = 3.0,
-           progress: Progress = no_progress) -> Outcome:
+           progress: Progress = no_progress, lr: float = 0.02) -> Outcome:
     """The found architecture (`select` > 1: the best on validation of it and `select` - 1 tempered samples of the
-    gates, each fine-tuned for at least one epoch), scored against the full super network on the same weights.
+    gates, each fine-tuned for at least one epoch at `lr`), scored against the full super network on the same
+    weights.
 
     Raises:
         BudgetError: no connected architecture meets every budget.
     """
     search, net, device = run.search, run.net, run.device
     found = search.found()
-    full = copy.deepcopy(net)
-    recalibrate_bn(full, full, run.batches(0, augment=False), device)  # no mask: every gate kept
-    metrics: dict[str, Any] = {"full_test_acc": _accuracy(run, full, full.full_mask(), "test")}
+    metrics: dict[str, Any] = {}
     segmentation = run.data.task == "segmentation"
-    if segmentation:
-        metrics["full_test_miou"] = mean_iou(full, batches(run.data.test, 256), run.data.num_classes, device,
-                                             mask=full.full_mask())
-    del full
+    if run.scoring_batches("test", shard=False) is not None:  # `fit`'s batches have no test split
+        full = copy.deepcopy(net)
+        recalibrate_bn(full, full, run.batches(0, augment=False), device)  # no mask: every gate kept
+        metrics["full_test_acc"] = _accuracy(run, full, full.full_mask(), "test")
+        if segmentation:
+            metrics["full_test_miou"] = mean_iou(full, batches(run.data.test, 256), run.data.num_classes, device,
+                                                 mask=full.full_mask())
+        del full
     selection: list[dict[str, Any]] = []
     chosen, mask = 0, found.mask
     if select > 1:
@@ -85,7 +91,7 @@ def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature
         candidates = search.candidates(select, temperature)
         for i, m in enumerate(candidates):
             advance = progress(f"candidate {i + 1}/{len(candidates)}", finetune_epochs * run.steps_per_epoch)
-            cand_net, cand_scores = tuned(run, m, finetune_epochs, advance)
+            cand_net, cand_scores = tuned(run, m, finetune_epochs, advance, lr)
             selection.append({"kept": kept_names(m, net.gate_names), "val_acc": cand_scores["val_ft"],
                               "cost": dict(zip(run.cost_names, search.costs(m)))})
             if i == 0 or cand_scores["val_ft"] > selection[chosen]["val_acc"]:
@@ -93,10 +99,11 @@ def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature
             del cand_net
     else:
         advance = progress("fine-tune", finetune_epochs * run.steps_per_epoch) if finetune_epochs else None
-        found_net, scores = tuned(run, mask, finetune_epochs, advance)
+        found_net, scores = tuned(run, mask, finetune_epochs, advance, lr)
     ft_acc = scores.get("test_ft")
     metrics = {"test_acc": ft_acc if ft_acc is not None else scores["test"], "test_acc_search_weights": scores["test"],
-               "val_acc_search_weights": scores["val"], "test_acc_finetuned": ft_acc, **metrics,
+               "val_acc_search_weights": scores["val"], "test_acc_finetuned": ft_acc,
+               "val_acc_finetuned": scores.get("val_ft"), **metrics,
                "finetune_epochs": finetune_epochs, "repaired": found.repaired, "skipped_steps": search.nonfinite_steps}
     if segmentation:
         metrics["test_miou"] = mean_iou(found_net, batches(run.data.test, 256), run.data.num_classes, device,

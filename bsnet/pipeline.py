@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import torch
 import yaml
@@ -39,15 +39,27 @@ from bsnet.search import BudgetedSearch, BudgetError, NonFiniteLossError, Search
 from bsnet.supernet import SuperNetwork
 from bsnet.train import accuracy, recalibrate_bn
 
-__all__ = ["Outcome", "Progress", "SearchRun", "build_run", "build_supernet", "epoch_record", "finish",
+__all__ = ["Outcome", "Progress", "SearchRun", "UserBatches", "build_run", "build_supernet", "epoch_record", "finish",
            "found_architecture", "no_progress", "run_epochs", "run_search", "search_epoch", "write_run"]
+
+@dataclass
+class UserBatches:
+    """Batches of the user's own (`bsnet.fit`) in place of a data set: `train(epoch)` gives that pass's (inputs,
+    targets) pairs (the pass numbers of `SearchRun.batches`), `val()` the batches to score on, if any; `steps`
+    batches per epoch."""
+
+    train: Callable[[int], Iterable[tuple[Any, torch.Tensor]]]
+    val: Callable[[], Iterable[tuple[Any, torch.Tensor]]] | None
+    steps: int
+    task: str = "classification"
+
 
 @dataclass
 class SearchRun:
     """What a search needs as it runs: the search itself, its data and batching, and where it runs."""
 
     search: BudgetedSearch
-    data: DataSplits
+    data: DataSplits | UserBatches
     batch_size: int
     seed: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -65,10 +77,16 @@ class SearchRun:
 
     @property
     def steps_per_epoch(self) -> int:
+        if isinstance(self.data, UserBatches):
+            return self.data.steps
         return num_batches(self.data.train, self.batch_size, drop_last=True, world=self.world)
 
-    def batches(self, epoch: int, augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's shard of epoch `epoch`'s training batches: the order depends on (seed, epoch) only."""
+    def batches(self, epoch: int, augment: bool = True) -> Iterator[tuple[Any, torch.Tensor]]:
+        """This process's shard of epoch `epoch`'s training batches: the order depends on (seed, epoch) only
+        (the user's own batches: as they come)."""
+        if isinstance(self.data, UserBatches):
+            yield from self.data.train(epoch)
+            return
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         # drop_last: a last batch of a few examples, split into K groups, would hold BatchNorm groups of one
         for x, y in batches(self.data.train, self.batch_size, shuffle=True, generator=g, rank=self.rank,
@@ -76,6 +94,14 @@ class SearchRun:
             if augment and self.data.augment is not None:
                 x, y = self.data.augment(x, y, g)
             yield x, y
+
+    def scoring_batches(self, split: str, shard: bool = True) -> Iterable[tuple[Any, torch.Tensor]] | None:
+        """The "val" or "test" split in batches of 256 (this process's shard of it, with `shard`); None where the
+        run has no such split."""
+        if isinstance(self.data, UserBatches):
+            return self.data.val() if split == "val" and self.data.val is not None else None
+        rank, world = (self.rank, self.world) if shard else (0, 1)
+        return batches(getattr(self.data, split), 256, rank=rank, world=world)
 
 
 ModelSource = Union[nn.Module, Callable[[], nn.Module], None]  # a model, or a factory called once seeded
@@ -174,19 +200,22 @@ def epoch_record(run: SearchRun, epoch: int, stats: list[StepStats], seconds: fl
         found = search.found()
     except BudgetError:  # reported at the end; meanwhile follow the most probable architecture
         found = search.found(project=False)
-    val_shard = list(batches(run.data.val, 256, rank=run.rank, world=run.world))
-    n_val = sum(len(y) for _, y in val_shard)
-    # The search's BatchNorm statistics are shared by every sampled architecture and fit none (a block thinned to
-    # one width group sums a quarter of the channels): scored on them, a good architecture reads as chance. So it is
-    # scored on a copy whose statistics are recomputed for it, on a few training batches, as the found one will be.
-    net = copy.deepcopy(run.net)
-    recalibrate_bn(net, lambda x: net(x, found.mask), itertools.islice(run.batches(0, augment=False), VAL_BN_BATCHES),
-                   run.device)
+    val_shard = list(run.scoring_batches("val") or [])  # `fit` without validation batches: none
+    n_val, val_hits = sum(len(y) for _, y in val_shard), 0.0
+    if val_shard:
+        # The search's BatchNorm statistics are shared by every sampled architecture and fit none (a block thinned
+        # to one width group sums a quarter of the channels): scored on them, a good architecture reads as chance.
+        # So it is scored on a copy whose statistics are recomputed for it, on a few training batches, as the found
+        # one will be.
+        net = copy.deepcopy(run.net)
+        recalibrate_bn(net, lambda x: net(x, found.mask),
+                       itertools.islice(run.batches(0, augment=False), VAL_BN_BATCHES), run.device)
+        val_hits = accuracy(net, val_shard, run.device, mask=found.mask) * n_val
     loss_sum, acc_sum, n, val_hits, n_val = distributed.sum_over_ranks([
         sum(s.loss * s.examples for s in stats), sum(s.accuracy * s.examples for s in stats),
-        float(sum(s.examples for s in stats)), accuracy(net, val_shard, run.device, mask=found.mask) * n_val,
-        n_val])
-    return {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": acc_sum / n, "val_acc": val_hits / n_val,
+        float(sum(s.examples for s in stats)), val_hits, n_val])
+    return {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": acc_sum / n,
+            "val_acc": val_hits / n_val if n_val else None,
             "expected_cost": dict(zip(names, search.expected_costs())),
             "sampled_cost": {nm: sum(s.costs[j] for s in stats) / len(stats) for j, nm in enumerate(names)},
             "mode_cost": dict(zip(names, search.costs(found.mask))),
@@ -221,7 +250,7 @@ def run_epochs(run: SearchRun, epochs: int, *, run_dir: Path | None = None, star
             runs.save_epoch_checkpoint(run_dir / "checkpoints", epoch + 1, state, meta)
             if record["val_acc"] > best_val:
                 runs.save_checkpoint(run_dir / "checkpoints", "best", state, meta)
-        best_val = max(best_val, record["val_acc"])
+        best_val = max(best_val, -1.0 if record["val_acc"] is None else record["val_acc"])
     return records
 
 
