@@ -55,6 +55,38 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
+class FunctionalBlock(nn.Module):
+    """A CIFAR basic block as users often write it: functional ReLUs, an empty Sequential as the identity shortcut."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = nn.functional.relu(self.bn1(self.conv1(x)))
+        return nn.functional.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class FunctionalResNet(nn.Module):
+    def __init__(self, widths=(8, 16), classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.layers = nn.Sequential(FunctionalBlock(widths[0], widths[0], 1), FunctionalBlock(widths[0], widths[1], 2),
+                                    FunctionalBlock(widths[1], widths[1], 1))
+        self.fc = nn.Linear(widths[1], classes)
+
+    def forward(self, x):
+        out = self.layers(nn.functional.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
 class Bottleneck(nn.Module):
     def __init__(self, c_in, width, stride):
         super().__init__()
@@ -329,13 +361,14 @@ def test_a_hugging_face_vit_goes_through_every_command(tmp_path):
 # ---- width groups: the first layer pair of each residual branch split into gated channel groups ------------------
 def width_families():
     from tests.test_from_model import ResNet18, ViT
-    return {"resnet18": (ResNet18, images), "vit": (ViT, images), "resnet50": (ResNet50, images),
+    return {"resnet18": (ResNet18, images), "functional-resnet": (FunctionalResNet, images), "vit": (ViT, images),
+            "resnet50": (ResNet50, images),
             "mobilenetv2": (MobileNetV2, images), "shape-branching": (ShapeBranching, images),
             "hf-vit": (hf_vit, images), "hf-bert": (hf_bert, tokens)}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit", "resnet50", "mobilenetv2", "shape-branching", "hf-vit",
-                                  "hf-bert"])
+@pytest.mark.parametrize("name", ["resnet18", "functional-resnet", "vit", "resnet50", "mobilenetv2",
+                                  "shape-branching", "hf-vit", "hf-bert"])
 def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path):
     torch.manual_seed(0)
     factory, make_inputs = width_families()[name]

@@ -126,7 +126,8 @@ def _per_channel(root: nn.Module, n: fx.Node, calls: dict[str, int]) -> nn.Modul
         if ((isinstance(m, _BatchNorm) or is_depthwise(m)) and calls.get(n.target, 0) == 1) or \
                 isinstance(m, _ACTIVATION_MODULES):
             return m  # an activation module may serve several places: it holds no state
-    if n.op == "call_function" and n.target in _ACTIVATION_FUNCTIONS and len(n.args) == 1 and not n.kwargs:
+    if n.op == "call_function" and n.target in _ACTIVATION_FUNCTIONS and len(n.args) == 1 \
+            and set(n.kwargs) <= {"inplace"}:  # torch.fx records F.relu(x) as relu(x, inplace=False)
         return _ACTIVATION_FUNCTIONS[n.target]()
     if n.op == "call_method" and n.target in _ACTIVATION_METHODS and len(n.args) == 1 and not n.kwargs:
         return _ACTIVATION_METHODS[n.target]()
