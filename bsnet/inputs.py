@@ -46,6 +46,14 @@ def zeros(spec: InputSpec | None, shape: tuple[int, ...], batch: int = 1,
             for name, (dtype, s) in spec.items()}
 
 
+def random(spec: InputSpec | None, shape: tuple[int, ...], batch: int = 1) -> Inputs:
+    """Random inputs to tell networks apart: normal floats, integers 0 and 1 (valid token ids and mask values)."""
+    if spec is None:
+        return torch.randn(batch, *shape)
+    return {n: torch.randn(batch, *s) if getattr(torch, d).is_floating_point else
+            torch.randint(0, 2, (batch, *s), dtype=getattr(torch, d)) for n, (d, s) in spec.items()}
+
+
 def check_spec(value: object) -> InputSpec:
     """A recorded input specification, validated as data (from a config or an architecture file)."""
     if not isinstance(value, dict) or not value:

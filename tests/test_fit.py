@@ -9,7 +9,6 @@ import bsnet
 from bsnet.config import RunConfig
 from bsnet.data import batches, load_dataset
 from bsnet.pipeline import run_search
-from bsnet.search import SearchConfig
 from bsnet.train import accuracy
 from tests.test_from_model import ResNet18
 

@@ -410,15 +410,73 @@ def test_width_groups_are_refused_where_they_cannot_split():
         from_model(ResNet50(), images(), width_groups=0)
 
 
+class FixedHeadsLayer(nn.Module):
+    """A pre-norm transformer layer whose attention code fixes its head count (4) instead of reading it from the
+    weights: `view(B, T, 4, D // 4)` fails on fewer heads, `view(B, T, 4, -1)` silently changes the head size."""
+
+    def __init__(self, dim=16, fail=True):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.fail = fail
+
+    def heads(self, t):
+        b, n, d = t.shape
+        return (t.view(b, n, 4, d // 4) if self.fail else t.view(b, n, 4, -1)).transpose(1, 2)
+
+    def forward(self, x):
+        h = self.norm1(x)
+        a = nn.functional.scaled_dot_product_attention(self.heads(self.q(h)), self.heads(self.k(h)),
+                                                       self.heads(self.v(h)))
+        x = x + self.o(a.transpose(1, 2).flatten(2))
+        return x + self.mlp(self.norm2(x))
+
+
+class FixedHeads(nn.Module):
+    def __init__(self, fail=True):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.layers = nn.Sequential(FixedHeadsLayer(fail=fail), FixedHeadsLayer(fail=fail))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        if x.dim() == 2:  # a branch on a size: torch.fx cannot follow it, torch.export captures it
+            x = x.unsqueeze(0)
+        return self.head(self.layers(self.embed(x)).mean(1))
+
+
+@pytest.mark.parametrize("fail", [True, False], ids=["fails-on-fewer-heads", "changes-the-head-size"])
+def test_attention_of_a_fixed_head_count_keeps_one_gate_and_its_mlp_is_split(fail):
+    torch.manual_seed(0)
+    model = FixedHeads(fail).eval()
+    x = torch.randn(3, 5, 8)
+    with pytest.warns(UserWarning, match=r"the heads of layers\.0\.\w+, layers\.1\.\w+ in FixedHeads are not "
+                                         r"split: its attention code fixes the head count"):
+        net = from_model(model, x, width_groups=2).eval()
+    assert not any(".h" in g for g in net.gate_names)
+    assert sum(".w" in g for g in net.gate_names) == 4  # each layer's MLP in 2 groups
+    with torch.no_grad():
+        assert (net(x, net.full_mask()) - model(x)).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("name", ["hf-bert", "hf-gpt2", "hf-vit"])
 def test_a_variant_without_whole_layers_is_a_hugging_face_model_again(name, tmp_path):
     from bsnet.export import save_pretrained
     factory, make_inputs, _ = FAMILIES[name]
     torch.manual_seed(0)
     model, inputs = factory().eval(), make_inputs()
+    with torch.no_grad():  # trained-like: LayerNorms that are not the identity
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     net = convert(model, inputs).eval()
     mask = net.full_mask()
     mask[:2] = 0  # layer 0: its attention and its MLP
+    if name == "hf-bert":  # post-norm: the super network keeps layer 0's LayerNorms, a BERT of fewer layers cannot
+        with pytest.raises(ValueError, match="computes other outputs than the variant .* post-norm layer"):
+            save_pretrained(model, net, mask, tmp_path / "variant")
+        assert not (tmp_path / "variant").exists()
+        return
     save_pretrained(model, net, mask, tmp_path / "variant")
     back = type(model).from_pretrained(tmp_path / "variant").eval()
     assert back.config.num_hidden_layers == model.config.num_hidden_layers - 1
@@ -428,6 +486,43 @@ def test_a_variant_without_whole_layers_is_a_hugging_face_model_again(name, tmp_
     with pytest.raises(ValueError, match="keeps part of itself"):
         save_pretrained(model, net, mask, tmp_path / "half")
     assert not (tmp_path / "half").exists()
+
+
+@pytest.mark.parametrize("name", ["hf-bert", "hf-vit"])
+def test_a_variant_of_one_mlp_width_is_a_hugging_face_model_again(name, tmp_path):
+    """Width groups dropped alike in every layer's MLP (and a whole layer dropped): the config's intermediate size
+    says it, and the super network's trained group weights are what is written."""
+    from bsnet.export import save_pretrained
+    factory, make_inputs, _ = FAMILIES[name]
+    torch.manual_seed(0)
+    model, inputs = factory().eval(), make_inputs()
+    net = convert(model, inputs, width_groups=4).eval()
+    with torch.no_grad():  # the groups are copies: a change to them must reach the written model
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    gates = net.gate_names
+    mask = net.full_mask()
+    # ViT (pre-norm) loses its first layer too; BERT's post-norm layers cannot be removed (the test above)
+    layer = gates[0].rsplit(".", 2)[0] if name == "hf-vit" else "none"
+    mlp = sorted({g.rsplit(".", 1)[0] for g in gates if g.rsplit(".", 1)[1] in ("w0", "w1", "w2", "w3")})
+    for g in gates:
+        if g.startswith(f"{layer}.") or g.rsplit(".", 1)[-1] in ("w1", "w3"):
+            mask[gates.index(g)] = 0
+    save_pretrained(model, net, mask, tmp_path / "variant")
+    back = type(model).from_pretrained(tmp_path / "variant").eval()
+    assert back.config.intermediate_size == model.config.intermediate_size // 2
+    assert back.config.num_hidden_layers == model.config.num_hidden_layers - (name == "hf-vit")
+    with torch.no_grad():
+        assert (predict(back, inputs) - net(inputs, mask)).abs().max() <= 1e-5
+    uneven = net.full_mask()
+    uneven[gates.index(f"{mlp[-1]}.w1")] = 0  # the last layer's MLP one group narrower than the others'
+    with pytest.raises(ValueError, match=r"MLP widths differ between layers \(\d+, \d+\)"):
+        save_pretrained(model, net, uneven, tmp_path / "uneven")
+    fewer_heads = net.full_mask()
+    fewer_heads[gates.index(next(g for g in gates if g.endswith(".h0")))] = 0
+    with pytest.raises(ValueError, match="keep fewer heads: a .*Config derives a head's size from the hidden size"):
+        save_pretrained(model, net, fewer_heads, tmp_path / "heads")
+    assert not (tmp_path / "uneven").exists() and not (tmp_path / "heads").exists()
 
 
 def test_a_text_network_refuses_inputs_of_other_names_or_lengths_in_one_line():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bsnet.inputs import Inputs, InputSpec
+from bsnet.inputs import InputSpec, random
 
 
 def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
@@ -22,7 +22,7 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: str
         raise ValueError("ONNX export needs the onnx extra: pip install 'bsnet[onnx]'") from None
     path = Path(path)
     module = module.eval()
-    x = _example(input_spec, input_shape, 2)
+    x = random(input_spec, input_shape, 2)
     batch = torch.export.Dim("batch")
     names = ["input"] if input_spec is None else list(input_spec)
     dynamic = {0: batch} if input_spec is None else {n: {0: batch} for n in names}
@@ -52,21 +52,13 @@ def export_onnx(module: torch.nn.Module, input_shape: tuple[int, ...], path: str
     return path
 
 
-def _example(spec: InputSpec | None, shape: tuple[int, ...], batch: int) -> Inputs:
-    """Random inputs: normal floats, integers 0 and 1 (valid token ids and mask values)."""
-    if spec is None:
-        return torch.randn(batch, *shape)
-    return {n: torch.randn(batch, *s) if getattr(torch, d).is_floating_point else
-            torch.randint(0, 2, (batch, *s), dtype=getattr(torch, d)) for n, (d, s) in spec.items()}
-
-
 def _check(module: torch.nn.Module, input_shape: tuple[int, ...], spec: InputSpec | None, path: Path,
            atol: float) -> None:
     """ONNX Runtime must agree with PyTorch, at batch sizes other than the traced one (the axis is dynamic)."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
-        xb = _example(spec, input_shape, batch)
+        xb = random(spec, input_shape, batch)
         feed = {"input": xb.numpy()} if spec is None else {n: v.numpy() for n, v in xb.items()}
         got = sess.run(None, feed)[0]
         with torch.no_grad():

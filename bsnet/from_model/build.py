@@ -2,6 +2,8 @@
 whole conversion; `as_supernet`, what every command does with the object a user's factory returns."""
 from __future__ import annotations
 
+import warnings
+
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
@@ -10,7 +12,7 @@ import torch.fx as fx
 from torch import nn
 
 from bsnet.from_model.blocks import Block, check_shapes, cuts, gate_names, gated_modules, is_tensor, name_branches, \
-    residual_blocks
+    parameter_of, residual_blocks
 from bsnet.from_model.capture import Program, bind, export_program
 from bsnet.from_model.nodes import context_module, node_name, segment
 from bsnet.from_model.heads import Attention, HeadGroup, find_attention, head_groups
@@ -125,9 +127,22 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
                 raise ValueError(f"no residual branch of {type(model).__qualname__} holds a layer pair to split "
                                  f"into width groups (conv-BN-act-conv or Linear-act-Linear) or attention heads")
             config["width_groups"] = width_groups
-        net = _build(root, order, first, blocks, shape, config, out, program, model, pairs)
-        if any(isinstance(p, Attention) for p in pairs.values()):
-            _check_heads(net, model, inputs)
+        attention = [b.name for b in blocks if isinstance(pairs.get(id(b)), Attention)]
+        try:
+            net = _build(root, order, first, blocks, shape, config, out, program, model, pairs)
+            fixed = _fixed_heads(net, inputs) if attention else []
+        except Exception:  # noqa: BLE001 - a head run alone when profiling fails where the code fixes the head count
+            if not attention:
+                raise
+            fixed = attention
+        if fixed:  # attention code that fixes its head count: those branches are gated whole
+            warnings.warn(f"the heads of {', '.join(fixed)} in {type(model).__qualname__} are not split: its "
+                          f"attention code fixes the head count; those branches keep one gate each", stacklevel=2)
+            pairs = {id(b): pairs[id(b)] for b in blocks if id(b) in pairs and b.name not in fixed}
+            if not pairs:
+                raise ValueError(f"no residual branch of {type(model).__qualname__} can be split into width groups: "
+                                 f"its attention code fixes the head count and no branch holds a layer pair")
+            net = _build(root, order, first, blocks, shape, config, out, program, model, pairs)
     finally:
         model.train(was_training)
     net.train(was_training)
@@ -184,10 +199,12 @@ def as_supernet(obj: object, input_shape: Sequence[int] | None = None, *, gate: 
 
 
 # ---- the super network -----------------------------------------------------------------------------
-def _check_heads(net: SuperNetwork, model: nn.Module, inputs: Inputs) -> None:
-    """Dropping a head must give what the attention computes with that head's share of Wo zeroed: the program
-    finds its head count from the weights. Checked once per split, on the example inputs."""
+def _fixed_heads(net: SuperNetwork, inputs: Inputs) -> list[str]:
+    """The branches whose heads cannot be split: dropping a head must give what the attention computes with that
+    head's share of Wo zeroed, which fails where the program's code fixes the head count rather than finding it
+    from the weights. Checked once per split, on the example inputs."""
     net.eval()
+    fixed = []
     for split in net.graph.width_splits:
         first = net.blocks[split.groups[0]]
         if not isinstance(first, HeadGroup):
@@ -197,10 +214,9 @@ def _check_heads(net: SuperNetwork, model: nn.Module, inputs: Inputs) -> None:
         with torch.no_grad():
             try:
                 dropped = net(inputs, mask)
-            except Exception as e:  # noqa: BLE001 - a program of fixed head count fails on fewer heads
-                raise ValueError(f"the heads of {split.name.removesuffix('.heads')} in {type(model).__qualname__} "
-                                 f"cannot be split: its attention code fixes the head count ({type(e).__name__})") \
-                    from None
+            except Exception:  # noqa: BLE001 - a program of fixed head count may fail on fewer heads
+                fixed.append(split.name.removesuffix(".heads"))
+                continue
             saved = first.o_w.detach().clone()
             first.o_w.zero_()
             try:
@@ -208,8 +224,8 @@ def _check_heads(net: SuperNetwork, model: nn.Module, inputs: Inputs) -> None:
             finally:
                 first.o_w.copy_(saved)
         if not torch.allclose(dropped, zeroed, atol=1e-5):
-            raise ValueError(f"the heads of {split.name.removesuffix('.heads')} in {type(model).__qualname__} "
-                             f"cannot be split: its attention code fixes the head count")
+            fixed.append(split.name.removesuffix(".heads"))
+    return fixed
 
 
 def _add_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Block, base: str, prev: str,
@@ -248,6 +264,7 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
     taken: set[str] = set()
     g = Graph(input="input", output="")
     modules: dict[str, nn.Module] = {}
+    sources: dict[str, dict[str, torch.Tensor | None]] = {}  # each split's original weights, by role
     prev = node_name("input", taken)
     g.add_node(prev)
     modules[prev] = segment(root, order[first:blocks[0].start + 1], None if first == 0 else order[0],
@@ -258,11 +275,16 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
         split = pairs.get(id(b))
         if isinstance(split, Attention):  # one group per head; Wo's bias where they are summed
             heads, o_b = head_groups(root, split, context)
+            sources[f"{b.name}.heads"] = {r: parameter_of(root, split.weights[r]) for r in HeadGroup.ROLES}
+            sources[f"{b.name}.heads"]["o_b"] = o_b
             _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.x, groups=heads,
                        tail=nn.Identity() if o_b is None else Bias(o_b, last=True), post=split.post,
                        post_in=split.out, kind="heads")
         elif split is not None:  # the pair's width groups; its second layer's bias where they are summed
             groups, bias = split_layer_pair(split.layers, config["width_groups"], b.name)
+            first_layer, second = split.layers[0], split.layers[-1]
+            sources[f"{b.name}.width"] = {"first_w": first_layer.weight, "first_b": first_layer.bias,
+                                          "second_w": second.weight, "second_b": second.bias}
             _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.first.args[0],
                        groups=groups, tail=bias, post=split.post, post_in=split.second, kind="width")
         elif b.module is not None:
@@ -288,8 +310,11 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
         prev = join
     g.output = prev
     if program is None:
-        return SuperNetwork(g, modules, input_shape, name=None, config=config)
-    needed = list(dict.fromkeys(n for m in modules.values() for n in getattr(m, "reads", ())))
-    spec = None if program.names is None else {k: (d, tuple(s)) for k, (d, s) in config["inputs"].items()}
-    return SuperNetwork(g, modules, input_shape, name=None, config=config,
-                        context=context_module(program, needed), input_spec=spec)
+        net = SuperNetwork(g, modules, input_shape, name=None, config=config)
+    else:
+        needed = list(dict.fromkeys(n for m in modules.values() for n in getattr(m, "reads", ())))
+        spec = None if program.names is None else {k: (d, tuple(s)) for k, (d, s) in config["inputs"].items()}
+        net = SuperNetwork(g, modules, input_shape, name=None, config=config,
+                           context=context_module(program, needed), input_spec=spec)
+    net.split_sources = sources  # what `bsnet.export.save_pretrained` writes a split's kept weights back into
+    return net

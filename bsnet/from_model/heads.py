@@ -18,7 +18,8 @@ from torch import nn
 from bsnet.from_model.blocks import Block, parameter_of
 
 _SHAPE_OPS = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten.transpose.int,
-              torch.ops.aten.permute.default, torch.ops.aten.contiguous.default, torch.ops.aten.clone.default}
+              torch.ops.aten.permute.default, torch.ops.aten.contiguous.default, torch.ops.aten.clone.default,
+              torch.ops.aten.flatten.using_ints, torch.ops.aten.unflatten.int}
 
 
 @dataclass
