@@ -76,7 +76,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
     for name, batches in (("train", train), ("val", val)):
         if batches is not None and not callable(batches) and iter(batches) is batches:
             raise ValueError(f"{name} is an iterator, used up after one pass: pass a list, a DataLoader, or a "
-                             f"function returning the batches")
+                             f"function returning the batches ({'train(epoch)' if name == 'train' else 'val()'})")
     each = train if callable(train) else (lambda epoch: train)
     scored = val if callable(val) or val is None else (lambda: val)
     # The copy is captured on `device`: a captured program creates its own tensors (positions, masks) there.
