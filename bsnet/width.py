@@ -245,6 +245,8 @@ def _signature(m: nn.Module, hidden_dim: int) -> tuple:
                 getattr(m, "dilation", None), getattr(m, "padding_mode", None))
     if isinstance(m, _BatchNorm):
         return type(m), m.eps, m.momentum, m.affine, m.track_running_stats
+    if isinstance(m, torch.fx.GraphModule):  # element-wise code (bsnet.from_model): each copy has a class of its own
+        return torch.fx.GraphModule, m.code
     return type(m), repr(m)
 
 

@@ -1,7 +1,8 @@
 """Width in a converted model: in each gated branch, the first layer pair whose hidden channels only its second layer
 reads (a basic block's conv-BN-ReLU-conv, a bottleneck's first conv-BN-ReLU-conv, an inverted residual's expansion
-through its depthwise convolution, an MLP's Linear-act-Linear) is split into `width_groups` channel groups, each a
-gated branch of its own (bsnet.width).
+through its depthwise convolution, an MLP's Linear-act-Linear, GPT-2's Conv1D-GELU-Conv1D) is split into
+`width_groups` channel groups, each a gated branch of its own (bsnet.width). An activation may be one operation or
+several element-wise ones on plain numbers (GPT-2's tanh-GELU), run as one per-channel step.
 
 The branch is cut around the pair: what comes before its first layer (a LayerNorm, say) is one node, the groups are
 fed by it, and their sum (plus the second layer's bias) goes on through what follows the second layer. The pair is
@@ -20,6 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bsnet.from_model.blocks import Block, parameter_of
+from bsnet.from_model.nodes import segment
 from bsnet.width import is_depthwise
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -54,43 +56,103 @@ def find_pair(root: nn.Module, block: Block, calls: dict[str, int], context: set
     each module (a layer called twice cannot be split in one place); `context`: values computed from the inputs
     alone, which the pieces of a split branch do not read."""
     branch = block.branch
-    if any(i in context for n in branch for i in n.all_input_nodes):
-        return None
     for i, f in enumerate(branch):
-        layer = _layer(root, f, calls)
-        if layer is None or getattr(layer, "groups", 1) != 1:
+        found = _layer(root, f, calls)
+        if found is None or getattr(found[0], "groups", 1) != 1:
             continue
-        nodes, layers, complete = [f], [layer], False
-        for n in branch[i + 1:]:
-            if list(nodes[-1].users) != [n] or [i for i in n.all_input_nodes if i.op != "get_attr"] != [nodes[-1]]:
-                break
+        layer, span = found
+        nodes, layers, complete, j = list(span), [layer], False, i + len(span)
+        while j < len(branch):
+            n, tail = branch[j], nodes[-1]
+            if list(tail.users) != [n] or [a for a in n.all_input_nodes if a.op != "get_attr"] != [tail]:
+                region = _elementwise_region(branch, j, tail)  # an activation written as several operations
+                if region is None:
+                    break
+                nodes += region
+                layers.append(segment(root, region, tail, region[-1]))
+                j += len(region)
+                continue
             per_channel = _per_channel(root, n, calls)
             if per_channel is not None:
                 nodes.append(n)
                 layers.append(per_channel)
+                j += 1
                 continue
             second = _layer(root, n, calls)
             if second is not None:
-                complete = type(second) is type(layer) and getattr(second, "groups", 1) == 1 and len(nodes) > 1
+                complete = type(second[0]) is type(layer) and getattr(second[0], "groups", 1) == 1 and \
+                    len(layers) > 1
                 if complete:
-                    nodes.append(n)
-                    layers.append(second)
+                    nodes += second[1]
+                    layers.append(second[0])
             break
         if not complete:
             continue
         pre, post = branch[:i], branch[i + len(nodes):]
-        if _separate(block.x, pre, nodes, post):
+        # Values of the inputs alone (a symbolic batch size) may shape a Conv1D's views, which its layer replaces
+        kept = [n for n in (*pre, *nodes, *post) if n not in set(span) | set(second[1])]
+        if _separate(block.x, pre, nodes, post) and not any(a in context for n in kept for a in n.all_input_nodes):
             return Pair(pre, nodes, layers, post)
     return None
 
 
-def _layer(root: nn.Module, n: fx.Node, calls: dict[str, int]) -> nn.Module | None:
+def _layer(root: nn.Module, n: fx.Node, calls: dict[str, int]) -> tuple[nn.Module, list[fx.Node]] | None:
+    """The layer that starts at `n` and the program's nodes it spans: a layer module, `aten.linear` / `aten.conv2d`,
+    or a `Conv1D` (Hugging Face GPT-2: `view(addmm(bias, view(x, [-1, in]), weight), [..., out])`)."""
     if n.op == "call_function":
-        return _aten_layer(root, n)
+        layer = _aten_layer(root, n)
+        return (layer, [n]) if layer is not None else _conv1d(root, n)
     if n.op != "call_module" or n.kwargs or len(n.args) != 1 or calls.get(n.target, 0) != 1:
         return None
     m = root.get_submodule(n.target)
-    return m if isinstance(m, _LAYERS) else None
+    return (m, [n]) if isinstance(m, _LAYERS) else None
+
+
+def _conv1d(root: nn.Module, n: fx.Node) -> tuple[nn.Module, list[fx.Node]] | None:
+    """A `Conv1D` as the `nn.Linear` it computes (its weight transposed), from the view that flattens its input."""
+    view = torch.ops.aten.view.default
+    if n.target is not view or len(n.users) != 1:
+        return None
+    (mm,) = n.users
+    if mm.target is not torch.ops.aten.addmm.default or mm.kwargs or len(mm.args) != 3 or mm.args[1] is not n \
+            or len(mm.users) != 1:
+        return None
+    (out,) = mm.users
+    bias, weight = (parameter_of(root, a) for a in (mm.args[0], mm.args[2]))
+    if out.target is not view or bias is None or weight is None or weight.dim() != 2 or \
+            any(len(a.users) != 1 for a in (mm.args[0], mm.args[2])):
+        return None
+    layer = nn.Linear(weight.shape[0], weight.shape[1], device="meta")
+    layer.weight = nn.Parameter(weight.detach().t())
+    layer.bias = nn.Parameter(bias.detach())
+    return layer, [n, mm, out]
+
+
+# Element-wise operations that act on each channel alone when their other operands are plain numbers.
+_aten = torch.ops.aten
+_ELEMENTWISE = {_aten.mul.Tensor, _aten.mul.Scalar, _aten.add.Tensor, _aten.add.Scalar, _aten.sub.Tensor,
+                _aten.sub.Scalar, _aten.div.Tensor, _aten.div.Scalar, _aten.pow.Tensor_Scalar, _aten.tanh.default,
+                _aten.sigmoid.default, _aten.erf.default, _aten.neg.default, _aten.exp.default, _aten.relu.default,
+                _aten.silu.default, _aten.gelu.default}
+
+
+def _elementwise_region(branch: list[fx.Node], j: int, tail: fx.Node) -> list[fx.Node] | None:
+    """The nodes from `branch[j]` on that compute, element by element, one value from `tail` alone (NewGELU's
+    `0.5 * x * (1 + tanh(c * (x + 0.044715 * x ** 3)))`), or None. Read only inside the region, but for its last
+    node, which one node after it reads."""
+    region: list[fx.Node] = []
+    for n in branch[j:]:
+        scalars = all(isinstance(a, (int, float)) for a in (*n.args, *n.kwargs.values()) if not isinstance(a, fx.Node))
+        if n.op != "call_function" or n.target not in _ELEMENTWISE or not scalars or \
+                not set(n.all_input_nodes) <= {tail, *region}:
+            break
+        region.append(n)
+    while region:  # the region ends where every value but the last is read inside it
+        inside = {tail, *region}
+        if all(set(v.users) <= inside for v in (tail, *region[:-1])) and len(region[-1].users) == 1:
+            return region
+        region.pop()
+    return None
 
 
 def _aten_layer(root: nn.Module, n: fx.Node) -> nn.Module | None:
