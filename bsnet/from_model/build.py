@@ -12,7 +12,7 @@ import torch.fx as fx
 from torch import nn
 
 from bsnet.from_model.blocks import Block, check_shapes, cuts, gate_names, gated_modules, is_tensor, name_branches, \
-    parameter_of, residual_blocks
+    residual_blocks
 from bsnet.from_model.capture import Program, bind, export_program
 from bsnet.from_model.nodes import context_module, node_name, segment
 from bsnet.from_model.heads import Attention, HeadGroup, find_attention, head_groups
@@ -275,8 +275,8 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
         split = pairs.get(id(b))
         if isinstance(split, Attention):  # one group per head; Wo's bias where they are summed
             heads, o_b = head_groups(root, split, context)
-            sources[f"{b.name}.heads"] = {r: parameter_of(root, split.weights[r]) for r in HeadGroup.ROLES}
-            sources[f"{b.name}.heads"]["o_b"] = o_b
+            if split.sources is not None:
+                sources[f"{b.name}.heads"] = split.sources
             _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.x, groups=heads,
                        tail=nn.Identity() if o_b is None else Bias(o_b, last=True), post=split.post,
                        post_in=split.out, kind="heads")

@@ -121,6 +121,7 @@ def export_program(model: nn.Module, inputs: Inputs, fixed: Mapping[str, Any]) -
     finally:
         logging.disable(logging.NOTSET)
     _clean(gm)
+    _drop_empty_concatenations(gm)
     _follow_training_flag(gm, model)
     out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
@@ -148,6 +149,32 @@ def _clean(gm: fx.GraphModule) -> None:
                                          for k, (path, cls) in stack.items()}
     if hasattr(gm, "_guards_fn"):
         gm.delete_submodule("_guards_fn")
+
+
+def _drop_empty_concatenations(gm: fx.GraphModule) -> None:
+    """`cat([an empty constant, x])` is x: a key-value cache that starts empty (GPT-2's) would otherwise fix the
+    attention's head count in a constant of the capture."""
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target is not torch.ops.aten.cat.default:
+            continue
+        parts, dim = n.args[0], n.args[1] if len(n.args) > 1 else 0
+        values = [getattr(p, "meta", {}).get("val") for p in parts]
+        if not all(isinstance(v, torch.Tensor) for v in values):
+            continue
+        # empty: no size along `dim`, or the 1-D `torch.tensor([])` that cat skips whatever the others' shape
+        empty = [v.shape == (0,) or (-v.dim() <= dim < v.dim() and isinstance(v.shape[dim], int) and v.shape[dim] == 0)
+                 for v in values]
+        full = [p for p, e in zip(parts, empty) if not e]
+        if len(full) != 1:
+            continue
+        n.replace_all_uses_with(full[0])
+        gm.graph.erase_node(n)
+        todo = [p for p, e in zip(parts, empty) if e]
+        while todo:  # what made the empty constants, now read by nothing
+            m = todo.pop()
+            if not m.users and m.op in ("call_function", "get_attr"):
+                todo.extend(m.all_input_nodes)
+                gm.graph.erase_node(m)
 
 
 def _follow_training_flag(gm: fx.GraphModule, model: nn.Module) -> None:

@@ -101,14 +101,14 @@ def _layer(root: nn.Module, n: fx.Node, calls: dict[str, int]) -> tuple[nn.Modul
     or a `Conv1D` (Hugging Face GPT-2: `view(addmm(bias, view(x, [-1, in]), weight), [..., out])`)."""
     if n.op == "call_function":
         layer = _aten_layer(root, n)
-        return (layer, [n]) if layer is not None else _conv1d(root, n)
+        return (layer, [n]) if layer is not None else conv1d(root, n)
     if n.op != "call_module" or n.kwargs or len(n.args) != 1 or calls.get(n.target, 0) != 1:
         return None
     m = root.get_submodule(n.target)
     return (m, [n]) if isinstance(m, _LAYERS) else None
 
 
-def _conv1d(root: nn.Module, n: fx.Node) -> tuple[nn.Module, list[fx.Node]] | None:
+def conv1d(root: nn.Module, n: fx.Node) -> tuple[nn.Module, list[fx.Node]] | None:
     """A `Conv1D` as the `nn.Linear` it computes (its weight transposed), from the view that flattens its input."""
     view = torch.ops.aten.view.default
     if n.target is not view or len(n.users) != 1:
