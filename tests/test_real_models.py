@@ -486,7 +486,11 @@ def test_a_variant_without_whole_layers_is_a_hugging_face_model_again(name, tmp_
     assert not (tmp_path / "half").exists()
 
 
-@pytest.mark.parametrize("name", ["hf-bert", "hf-vit"])
+def mlp_width(config):
+    return getattr(config, "intermediate_size", None) or config.n_inner or 4 * config.n_embd  # GPT-2: n_inner
+
+
+@pytest.mark.parametrize("name", ["hf-bert", "hf-vit", "hf-gpt2"])
 def test_a_variant_of_one_mlp_width_is_a_hugging_face_model_again(name, tmp_path):
     """Width groups dropped alike in every layer's MLP (and a whole layer dropped): the config's intermediate size
     says it, and the super network's trained group weights are what is written."""
@@ -500,16 +504,16 @@ def test_a_variant_of_one_mlp_width_is_a_hugging_face_model_again(name, tmp_path
             p.add_(0.01 * torch.randn_like(p))
     gates = net.gate_names
     mask = net.full_mask()
-    # ViT (pre-norm) loses its first layer too; BERT's post-norm layers cannot be removed (the test above)
-    layer = gates[0].rsplit(".", 2)[0] if name == "hf-vit" else "none"
+    # ViT and GPT-2 (pre-norm) lose their first layer too; BERT's post-norm layers cannot be removed (the test above)
+    layer = gates[0].rsplit(".", 2)[0] if name != "hf-bert" else "none"
     mlp = sorted({g.rsplit(".", 1)[0] for g in gates if g.rsplit(".", 1)[1] in ("w0", "w1", "w2", "w3")})
     for g in gates:
         if g.startswith(f"{layer}.") or g.rsplit(".", 1)[-1] in ("w1", "w3"):
             mask[gates.index(g)] = 0
     save_pretrained(model, net, mask, tmp_path / "variant")
     back = type(model).from_pretrained(tmp_path / "variant").eval()
-    assert back.config.intermediate_size == model.config.intermediate_size // 2
-    assert back.config.num_hidden_layers == model.config.num_hidden_layers - (name == "hf-vit")
+    assert mlp_width(back.config) == mlp_width(model.config) // 2
+    assert back.config.num_hidden_layers == model.config.num_hidden_layers - (name != "hf-bert")
     with torch.no_grad():
         assert (predict(back, inputs) - net(inputs, mask)).abs().max() <= 1e-5
     uneven = net.full_mask()

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from torch import nn
 from bsnet.inputs import random
 from bsnet.supernet import SuperNetwork
 from bsnet.width import Bias
+
+if TYPE_CHECKING:
+    from bsnet.from_model.pairs import Source
 
 
 def save_pretrained(model: nn.Module, net: SuperNetwork, mask: torch.Tensor, path: str | Path) -> Path:
@@ -124,8 +128,7 @@ def _write_splits(model: nn.Module, variant: nn.Module, net: SuperNetwork, kept:
     names = {id(p): n for n, p in model.named_parameters()}
     for name, nodes in kept.items():
         roles = getattr(net, "split_sources", {}).get(name, {})
-        path = {r: names.get(id(p)) for r, p in roles.items() if p is not None}
-        if not roles or None in path.values():
+        if not roles or any(src is None or id(src.param) not in names for src in roles.values()):
             raise ValueError(f"{name} was not made from this model's own layers: write the variant as pt or onnx")
         groups = [net.blocks[n] for n in nodes]
         bias = [m.bias.detach() for m in net.blocks[splits[name].merge].modules() if isinstance(m, Bias)][:1]
@@ -144,20 +147,37 @@ def _write_splits(model: nn.Module, variant: nn.Module, net: SuperNetwork, kept:
         else:
             raise ValueError(f"{name} is not a Linear-activation-Linear MLP: write the variant as pt or onnx")
         for role, tensor in new.items():
-            owner, _, attr = path[role].rpartition(".")
-            layer = variant.get_submodule(owner)
-            setattr(layer, attr, nn.Parameter(tensor.clone()))
-            if isinstance(layer, nn.Linear):
-                layer.out_features, layer.in_features = layer.weight.shape
+            _write(variant, names[id(roles[role].param)], roles[role], tensor)
     if mlp:
         some = next(iter(mlp))
         full = len(splits[some].groups) * net.blocks[splits[some].groups[0]].channels
-        attr = next((a for a in ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
-                     if getattr(model.config, a, None) == full), None)
+        config = model.config
+        widths_of = {a: getattr(config, a, None) for a in ("intermediate_size", "n_inner", "ffn_dim", "d_ff")}
+        if hasattr(config, "n_embd") and widths_of["n_inner"] is None:  # GPT-2's n_inner: None for 4 x n_embd
+            widths_of["n_inner"] = 4 * config.n_embd
+        attr = next((a for a, w in widths_of.items() if w == full), None)
         if attr is None:
             raise ValueError(f"found no MLP width of {full} in the {type(model.config).__name__}: write the variant "
                              f"as pt or onnx")
         setattr(variant.config, attr, widths.pop())
+
+
+def _write(variant: nn.Module, path: str, src: "Source", value: torch.Tensor) -> None:
+    """`value` (in `nn.Linear`'s layout) into the variant's parameter at `path`, as `src` says it lives there: the
+    whole parameter (its layer resized: Linear's features, Conv1D's nf and nx), or rows of a fused one."""
+    owner, _, attr = path.rpartition(".")
+    layer = variant.get_submodule(owner)
+    value = value.t() if src.transposed and value.dim() == 2 else value
+    if src.rows is not None:  # a third of a fused projection: same size, written in place
+        with torch.no_grad():
+            target = getattr(layer, attr)
+            (target[:, src.rows] if src.transposed and target.dim() == 2 else target[src.rows]).copy_(value)
+        return
+    setattr(layer, attr, nn.Parameter(value.clone()))
+    if isinstance(layer, nn.Linear):
+        layer.out_features, layer.in_features = layer.weight.shape
+    elif hasattr(layer, "nf") and hasattr(layer, "nx"):  # transformers' Conv1D: weight (nx, nf)
+        layer.nx, layer.nf = layer.weight.shape
 
 
 def _shares_weights(model: nn.Module, net: SuperNetwork) -> bool:

@@ -16,7 +16,8 @@ from bsnet.from_model.blocks import Block, check_shapes, cuts, gate_names, gated
 from bsnet.from_model.capture import Program, bind, export_program
 from bsnet.from_model.nodes import context_module, node_name, segment
 from bsnet.from_model.heads import Attention, HeadGroup, find_attention, head_groups
-from bsnet.from_model.pairs import Pair, find_pair
+from bsnet.from_model.pairs import Pair, Source, find_pair
+from bsnet.from_model.pairs import sources as layer_sources
 from bsnet.from_model.trace import Leaf, capture, leaves_record, resolve_leaves
 from bsnet.graph import Graph
 from bsnet.inputs import Inputs, check_spec, spec_of, zeros
@@ -264,7 +265,7 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
     taken: set[str] = set()
     g = Graph(input="input", output="")
     modules: dict[str, nn.Module] = {}
-    sources: dict[str, dict[str, torch.Tensor | None]] = {}  # each split's original weights, by role
+    sources: dict[str, dict[str, Source | None]] = {}  # where each split's weights live in the model, by role
     prev = node_name("input", taken)
     g.add_node(prev)
     modules[prev] = segment(root, order[first:blocks[0].start + 1], None if first == 0 else order[0],
@@ -275,16 +276,15 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
         split = pairs.get(id(b))
         if isinstance(split, Attention):  # one group per head; Wo's bias where they are summed
             heads, o_b = head_groups(root, split, context)
-            if split.sources is not None:
-                sources[f"{b.name}.heads"] = split.sources
+            sources[f"{b.name}.heads"] = split.sources
             _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.x, groups=heads,
                        tail=nn.Identity() if o_b is None else Bias(o_b, last=True), post=split.post,
                        post_in=split.out, kind="heads")
         elif split is not None:  # the pair's width groups; its second layer's bias where they are summed
             groups, bias = split_layer_pair(split.layers, config["width_groups"], b.name)
-            first_layer, second = split.layers[0], split.layers[-1]
-            sources[f"{b.name}.width"] = {"first_w": first_layer.weight, "first_b": first_layer.bias,
-                                          "second_w": second.weight, "second_b": second.bias}
+            (first_w, first_b), (second_w, second_b) = layer_sources(split.layers[0]), layer_sources(split.layers[-1])
+            sources[f"{b.name}.width"] = {"first_w": first_w, "first_b": first_b, "second_w": second_w,
+                                          "second_b": second_b}
             _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.first.args[0],
                        groups=groups, tail=bias, post=split.post, post_in=split.second, kind="width")
         elif b.module is not None:

@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from bsnet.from_model.blocks import Block, parameter_of
-from bsnet.from_model.pairs import conv1d
+from bsnet.from_model.pairs import Source, conv1d, sources
 
 _SHAPE_OPS = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten.transpose.int,
               torch.ops.aten.permute.default, torch.ops.aten.contiguous.default, torch.ops.aten.clone.default,
@@ -37,7 +37,7 @@ class _Projection:
     weight: torch.Tensor
     bias: torch.Tensor | None
     span: list[fx.Node]
-    params: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    params: tuple[Source | None, Source | None] = (None, None)
 
 
 @dataclass
@@ -58,17 +58,14 @@ class Attention:
     projections: dict[str, _Projection]
 
     @property
-    def sources(self) -> dict[str, torch.Tensor | None] | None:
-        """The model's parameters by role (what `save_pretrained` writes into), or None where they are not the
-        weights themselves."""
+    def sources(self) -> dict[str, Source | None]:
+        """Where each role's weights live in the model (what `save_pretrained` writes into)."""
         out = {}
         for r, p in self.projections.items():
             out[f"{r}_w"], bias = p.params
-            if r != "o":
+            if r != "o" or p.bias is not None:
                 out[f"{r}_b"] = bias
-            elif p.bias is not None:
-                out["o_b"] = bias
-        return None if any(v is None for v in out.values()) else out
+        return out
 
 
 def find_attention(root: nn.Module, block: Block, context: set[fx.Node]) -> Attention | None:
@@ -135,12 +132,13 @@ def _linear(root: nn.Module, n: fx.Node) -> _Projection | None:
         w, b = (parameter_of(root, a) for a in (n.args[1], n.args[2] if len(n.args) > 2 else None))
         if w is None or any(len(a.users) != 1 for a in n.args[1:3] if isinstance(a, fx.Node)):
             return None
-        return _Projection(n, n.args[0], w, b, [n], (w, b))
+        src = tuple(None if p is None else Source(p, None, False) for p in (w, b))
+        return _Projection(n, n.args[0], w, b, [n], src)
     found = conv1d(root, n)
     if found is None:
         return None
     layer, span = found
-    return _Projection(span[-1], n.args[0], layer.weight, layer.bias, span)
+    return _Projection(span[-1], n.args[0], layer.weight, layer.bias, span, sources(layer))
 
 
 def _projection_of(root: nn.Module, n: fx.Node) -> _Projection | None:
@@ -166,7 +164,8 @@ def _projection_of(root: nn.Module, n: fx.Node) -> _Projection | None:
     if p is None or p.start is not fused or len(fused.users) != 1:
         return None
     rows = slice(i * size, (i + 1) * size)
-    return _Projection(n, p.x, p.weight[rows], None if p.bias is None else p.bias[rows], [*p.span, split, n])
+    w, b = (None if src is None else Source(src.param, rows, src.transposed) for src in p.params)
+    return _Projection(n, p.x, p.weight[rows], None if p.bias is None else p.bias[rows], [*p.span, split, n], (w, b))
 
 
 def _output_projection(root: nn.Module, s: fx.Node) -> _Projection | None:

@@ -125,7 +125,27 @@ def conv1d(root: nn.Module, n: fx.Node) -> tuple[nn.Module, list[fx.Node]] | Non
     layer = nn.Linear(weight.shape[0], weight.shape[1], device="meta")
     layer.weight = nn.Parameter(weight.detach().t())
     layer.bias = nn.Parameter(bias.detach())
+    layer.bsnet_source = (Source(weight, None, True), Source(bias, None, False))  # where its weights live
     return layer, [n, mm, out]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a layer's weight lives in the model: `(param.t() if transposed else param)[rows]` (`nn.Linear`'s
+    layout), so that `bsnet.export.save_pretrained` can write a kept part back."""
+
+    param: torch.Tensor
+    rows: slice | None
+    transposed: bool
+
+
+def sources(layer: nn.Module) -> tuple[Source | None, Source | None]:
+    """A layer's weight and bias sources: recorded for one read from a Conv1D, else its own parameters."""
+    given = getattr(layer, "bsnet_source", None)
+    if given is not None:
+        return given
+    return tuple(None if p is None else Source(p, None, False)
+                 for p in (getattr(layer, "weight", None), getattr(layer, "bias", None)))
 
 
 # Element-wise operations that act on each channel alone when their other operands are plain numbers.
