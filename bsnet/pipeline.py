@@ -159,6 +159,8 @@ def build_run(config: RunConfig, model: ModelSource = None) -> SearchRun:
     data = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed)
     if model is not None and not isinstance(model, nn.Module):
         model = model()
+    if model is not None and not isinstance(model, SuperNetwork):  # captured where it runs, as `bsnet.fit` does: a
+        model = model.to(device)  # captured program makes its own tensors (positions, masks) on its capture's device
     net = build_supernet(config, data, model)
     data.check_fits(net.input_shape, net.profile[net.graph.output].out_shape, "the super network")
     budgets = _budgets(config, net, device, rank, world)
