@@ -102,3 +102,16 @@ def test_collectives_over_nccl_carry_cuda_tensors(tmp_path):
     # One rank is enough: nccl refuses a CPU tensor whatever the world size.
     torch.cuda.set_device(0)
     one_rank_collectives("nccl", tmp_path)
+
+
+def test_fit_of_a_hugging_face_model_with_heads_and_widths_runs_on_cuda():
+    """Captured on the GPU (a captured program makes its position ids and masks on its capture's device)."""
+    from tests.test_real_models import hf_gpt2, tokens
+    torch.manual_seed(0)
+    batch = tokens(4)
+    train = [(batch, torch.randint(0, 3, (4,))) for _ in range(3)]
+    variant, report = bsnet.fit(hf_gpt2(), (), batch, budgets=["50%"], train=train, val=train, epochs=1,
+                                width_groups=2, device="cuda")
+    assert any(".h" in g for g in report.architecture.gates) and report.fraction() <= 0.5 + 1e-9
+    out = variant({k: v.cuda() for k, v in batch.items()})
+    assert out.is_cuda and out.shape == (4, 3)
