@@ -9,9 +9,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import bsnet
+from bsnet.architecture import kept_names
 from bsnet.budgets import parse_budget
 from bsnet.costs import FlopsCost
-from bsnet.export import export_module
+from bsnet.export import export_module, save_weights
 from bsnet.export.onnx import export_onnx
 from bsnet.from_model import from_model
 from bsnet.inputs import split
@@ -399,6 +400,10 @@ def test_width_groups_split_each_branchs_first_layer_pair_exactly(name, tmp_path
         plain(net.example_inputs(1))
     assert float(FlopsCost()(net, mask)) == pytest.approx(counter.get_total_flops(), rel=0.01)
     export_onnx(plain, net.input_shape, tmp_path / "variant.onnx", input_spec=net.input_spec)  # ORT-checked
+    arch = bsnet.Architecture(None, net.config, dict.fromkeys(net.gate_names, 0.5), kept_names(mask, net.gate_names))
+    save_weights(plain, arch, tmp_path / "variant.safetensors")  # the pt format: rebuilt from the model, loaded
+    with torch.no_grad():
+        assert (bsnet.load(tmp_path / "variant.safetensors", supernet=model)(x) - plain(x)).abs().max() <= 1e-5
 
 
 def test_width_groups_are_refused_where_they_cannot_split():
