@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -44,8 +45,18 @@ class FitReport:
         return self.cost[cost] / self.full_cost[cost]
 
 
+def _per_pass(train: Callable[..., Batches]) -> Callable[[int], Batches]:
+    """`train` as `train(epoch)`: a function of no argument is called as it is."""
+    try:
+        params = inspect.signature(train).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: assume it takes the pass number
+        return train
+    takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    return train if takes else (lambda epoch: train())
+
+
 def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] | None = None, *,
-        budgets: Sequence[str], train: Batches | Callable[[int], Batches],
+        budgets: Sequence[str], train: Batches | Callable[..., Batches],
         val: Batches | Callable[[], Batches] | None = None, epochs: int = 3, finetune_epochs: int = 1,
         lr: float = 0.01, config: SearchConfig | None = None, device: torch.device | str = "cpu",
         gate: str | Sequence[str] = "residual", leaf_modules: Sequence = (), width_groups: int = 1,
@@ -57,9 +68,10 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         model: your (trained) model; it is left as it is (the search works on a copy).
         example_args, example_kwargs: one batch of inputs, as `from_model` takes them.
         budgets: `"50%"` (FLOPs), `"params=1.2M"`, `"latency=3ms"`... as on the command line.
-        train: the training batches, (inputs, class targets) pairs, iterated once per pass; or `train(epoch)`
-            returning a pass's batches, so that each pass can be shuffled from its number (search epochs are 0 to
-            `epochs` - 1; the fine-tune's are 10,000 on; BatchNorm statistics are recomputed on pass 0).
+        train: the training batches, (inputs, class targets) pairs, iterated once per pass; or a function returning
+            them, `train()` or `train(epoch)` to shuffle each pass from its number (search epochs are 0 to `epochs` -
+            1; the fine-tune's are 10,000 on; BatchNorm statistics are recomputed on pass 0, as they come: augmented
+            if yours are).
         val: batches to score the model and the variant on (accuracy), if any.
         epochs: search epochs over `train`; finetune_epochs: epochs of the found variant alone afterwards.
         lr: the weights' learning rate in both phases (a tenth of a from-scratch rate: the weights are trained).
@@ -69,7 +81,9 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         progress: `(label, total) -> advance(info)`, called for each epoch and the fine-tune (`bsnet.outcome.Progress`).
 
     Raises:
-        ValueError: the model cannot be converted, a budget cannot be read, or none can be met.
+        ValueError: the model cannot be converted, a budget cannot be read, or `train` holds no batches.
+        bsnet.search.BudgetError: no architecture meets every budget.
+        bsnet.search.NonFiniteLossError: the loss diverged (lower `lr`).
     """
     if epochs < 1 or finetune_epochs < 0:
         raise ValueError("fit needs epochs >= 1 and finetune_epochs >= 0")
@@ -77,7 +91,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         if batches is not None and not callable(batches) and iter(batches) is batches:
             raise ValueError(f"{name} is an iterator, used up after one pass: pass a list, a DataLoader, or a "
                              f"function returning the batches ({'train(epoch)' if name == 'train' else 'val()'})")
-    each = train if callable(train) else (lambda epoch: train)
+    each = _per_pass(train) if callable(train) else (lambda epoch: train)
     scored = val if callable(val) or val is None else (lambda: val)
     # The copy is captured on `device`: a captured program creates its own tensors (positions, masks) there.
     model = copy.deepcopy(model).to(device)
@@ -90,6 +104,8 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
     val_model = None if scored is None else accuracy(net, scored(), device, mask=net.full_mask())
     first = each(0)  # a DataLoader (or a function returning one) knows its length: no pass needed to count
     steps = len(first) if hasattr(first, "__len__") else sum(1 for _ in first)
+    if steps < 1:
+        raise ValueError("train holds no batches")
     cfg = dataclasses.replace(config or SearchConfig(), lr=lr)
     search = BudgetedSearch(net, [parse_budget(b, device=str(device)) for b in budgets], cfg, steps_per_epoch=steps,
                             epochs=epochs, device=device, init_logits=init_logits)

@@ -42,11 +42,12 @@ from bsnet.train import accuracy, recalibrate_bn
 __all__ = ["Outcome", "Progress", "SearchRun", "UserBatches", "build_run", "build_supernet", "epoch_record", "finish",
            "found_architecture", "no_progress", "run_epochs", "run_search", "search_epoch", "write_run"]
 
+
 @dataclass
 class UserBatches:
     """Batches of the user's own (`bsnet.fit`) in place of a data set: `train(epoch)` gives that pass's (inputs,
-    targets) pairs (the pass numbers of `SearchRun.batches`), `val()` the batches to score on, if any; `steps`
-    batches per epoch."""
+    targets) pairs (the pass numbers of `SearchRun.batches`; as they come, augmented or not, where a data set's
+    BatchNorm passes are not augmented), `val()` the batches to score on, if any; `steps` batches per epoch."""
 
     train: Callable[[int], Iterable[tuple[Any, torch.Tensor]]]
     val: Callable[[], Iterable[tuple[Any, torch.Tensor]]] | None
@@ -247,10 +248,11 @@ def run_epochs(run: SearchRun, epochs: int, *, run_dir: Path | None = None, star
         if run_dir is not None and run.rank == 0:
             runs.append_metrics(run_dir / "metrics.jsonl", record)
             state = {"search": run.search.state_dict(), "rng": runs.rng_state()}
-            meta = {"epoch": epoch + 1, "best_val": max(best_val, record["val_acc"]),
+            val = -1.0 if record["val_acc"] is None else record["val_acc"]
+            meta = {"epoch": epoch + 1, "best_val": max(best_val, val),
                     "bsnet_version": bsnet.__version__}
             runs.save_epoch_checkpoint(run_dir / "checkpoints", epoch + 1, state, meta)
-            if record["val_acc"] > best_val:
+            if val > best_val:
                 runs.save_checkpoint(run_dir / "checkpoints", "best", state, meta)
         best_val = max(best_val, -1.0 if record["val_acc"] is None else record["val_acc"])
     return records

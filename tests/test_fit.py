@@ -88,3 +88,16 @@ def test_fit_refuses_a_one_shot_iterator_and_bad_epochs(digits):
         bsnet.fit(digits_cnn(), torch.randn(2, 1, 8, 8), budgets=["50%"], train=iter(train))
     with pytest.raises(ValueError, match="epochs >= 1"):
         bsnet.fit(digits_cnn(), torch.randn(2, 1, 8, 8), budgets=["50%"], train=train, epochs=0)
+    with pytest.raises(ValueError, match="train holds no batches"):
+        bsnet.fit(digits_cnn(), torch.randn(2, 1, 8, 8), budgets=["50%"], train=[])
+
+
+def test_fit_takes_a_function_of_no_argument_for_its_batches(digits):
+    train, val = digits
+    calls = []
+    def batches():
+        calls.append(1)
+        return train[:3]
+    _, report = bsnet.fit(digits_cnn(), torch.randn(2, 1, 8, 8), budgets=["50%"], train=batches, val=val,
+                          epochs=1, finetune_epochs=0)
+    assert len(calls) >= 2 and report.fraction() <= 0.5 + 1e-9  # the count, the epoch, the BatchNorm pass

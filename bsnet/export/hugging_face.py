@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from bsnet.inputs import random
+from bsnet.inputs import random, to_device
 from bsnet.supernet import SuperNetwork
 from bsnet.width import Bias
 
@@ -85,7 +85,8 @@ def _check_same(net: SuperNetwork, mask: torch.Tensor, variant: nn.Module) -> No
     net.eval()
     variant.eval()
     try:
-        x = random(net.input_spec, tuple(net.input_shape), 2)
+        device = next(net.parameters()).device
+        x = to_device(random(net.input_spec, tuple(net.input_shape), 2), device)
         mine = prediction(variant(**x) if isinstance(x, dict) else variant(x))
         theirs = net(x, mask)
     finally:
@@ -119,7 +120,8 @@ def _write_splits(model: nn.Module, variant: nn.Module, net: SuperNetwork, kept:
                  if n.endswith(".heads") and len(g) < len(splits[n].groups)]
     if cut_heads:
         raise ValueError(f"{', '.join(cut_heads)} keep fewer heads: a {type(model.config).__name__} derives a head's "
-                         f"size from the hidden size, so it cannot say so; write the variant as pt or onnx")
+                         f"size from the hidden size and its head count, so it cannot say so; write the variant as pt "
+                         f"or onnx")
     mlp = {n: g for n, g in kept.items() if n.endswith(".width")}
     widths = {len(g) * net.blocks[g[0]].channels for g in mlp.values()}
     if len(widths) > 1:
@@ -128,8 +130,6 @@ def _write_splits(model: nn.Module, variant: nn.Module, net: SuperNetwork, kept:
     names = {id(p): n for n, p in model.named_parameters()}
     for name, nodes in kept.items():
         roles = getattr(net, "split_sources", {}).get(name, {})
-        if not roles or any(src is None or id(src.param) not in names for src in roles.values()):
-            raise ValueError(f"{name} was not made from this model's own layers: write the variant as pt or onnx")
         groups = [net.blocks[n] for n in nodes]
         bias = [m.bias.detach() for m in net.blocks[splits[name].merge].modules() if isinstance(m, Bias)][:1]
         if isinstance(groups[0], HeadGroup):
@@ -146,6 +146,8 @@ def _write_splits(model: nn.Module, variant: nn.Module, net: SuperNetwork, kept:
                 new["second_b"] = bias[0]
         else:
             raise ValueError(f"{name} is not a Linear-activation-Linear MLP: write the variant as pt or onnx")
+        if any(roles.get(r) is None or id(roles[r].param) not in names for r in new):
+            raise ValueError(f"{name} was not made from this model's own layers: write the variant as pt or onnx")
         for role, tensor in new.items():
             _write(variant, names[id(roles[role].param)], roles[role], tensor)
     if mlp:

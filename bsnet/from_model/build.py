@@ -3,7 +3,6 @@ whole conversion; `as_supernet`, what every command does with the object a user'
 from __future__ import annotations
 
 import warnings
-
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
@@ -131,19 +130,20 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
         attention = [b.name for b in blocks if isinstance(pairs.get(id(b)), Attention)]
         try:
             net = _build(root, order, first, blocks, shape, config, out, program, model, pairs)
-            fixed = _fixed_heads(net, inputs) if attention else []
-        except Exception:  # noqa: BLE001 - a head run alone when profiling fails where the code fixes the head count
-            if not attention:
+            fixed, why = (_fixed_heads(net, inputs) if attention else []), "other outputs with a head dropped"
+        except (ValueError, RuntimeError, TypeError, IndexError) as e:  # a head run alone, when profiling, fails
+            if not attention:  # where the code fixes the head count; without heads to blame, the error is the error
                 raise
-            fixed = attention
+            fixed, why = attention, f"{type(e).__name__} on one head"
         if fixed:  # attention code that fixes its head count: those branches are gated whole
-            warnings.warn(f"the heads of {', '.join(fixed)} in {type(model).__qualname__} are not split: its "
-                          f"attention code fixes the head count; those branches keep one gate each", stacklevel=2)
             pairs = {id(b): pairs[id(b)] for b in blocks if id(b) in pairs and b.name not in fixed}
             if not pairs:
                 raise ValueError(f"no residual branch of {type(model).__qualname__} can be split into width groups: "
-                                 f"its attention code fixes the head count and no branch holds a layer pair")
-            net = _build(root, order, first, blocks, shape, config, out, program, model, pairs)
+                                 f"its attention code fixes the head count ({why}) and no branch holds a layer pair")
+            net = _build(root, order, first, blocks, shape, config, out, program, model, pairs)  # errors are its own
+            warnings.warn(f"the heads of {', '.join(fixed)} in {type(model).__qualname__} are not split: its "
+                          f"attention code fixes the head count ({why}); those branches keep one gate each",
+                          stacklevel=2)
     finally:
         model.train(was_training)
     net.train(was_training)

@@ -165,8 +165,9 @@ def _drop_empty_concatenations(gm: fx.GraphModule) -> None:
         empty = [v.shape == (0,) or (-v.dim() <= dim < v.dim() and isinstance(v.shape[dim], int) and v.shape[dim] == 0)
                  for v in values]
         full = [p for p, e in zip(parts, empty) if not e]
-        if len(full) != 1:
-            continue
+        if len(full) != 1 or values[parts.index(full[0])].dtype != n.meta["val"].dtype or \
+                any(e and p.op == "placeholder" for p, e in zip(parts, empty)):
+            continue  # an input may be empty today and not tomorrow; a dtype promotion is a computation
         n.replace_all_uses_with(full[0])
         gm.graph.erase_node(n)
         todo = [p for p, e in zip(parts, empty) if e]

@@ -5,7 +5,8 @@ biases) and its columns of Wo, gated `<branch>.h<j>`. A projection may also be a
 behind views) or a third of a fused one (`split` of one q-k-v projection). The attention code itself is kept once
 (`core`, each projection a `linear` on the heads' weights) and run on the live heads' weights side by side, as one
 attention of fewer heads: the program must find its head count from the weights (Hugging Face's
-`view(batch, length, -1, head_dim)`), which is checked numerically before any head is split (bsnet.from_model.build).
+`view(batch, length, -1, head_dim)`), checked numerically when the network is built (bsnet.from_model.build: where
+the code fixes the head count, the branch keeps one gate).
 Wo's bias, and what follows Wo in the branch, run where the heads' outputs are summed.
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ _SHAPE_OPS = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch
 @dataclass
 class _Projection:
     """A linear map in the program: the value it gives (`start`), what it reads (`x`), its weight (as `nn.Linear`
-    holds it, out x in) and bias, the program's nodes that compute it (`span`), and the model's own parameters where
-    the weights are those (None where they are a slice or a transpose of one: GPT-2's fused Conv1D)."""
+    holds it, out x in) and bias, the program's nodes that compute it (`span`), and where its weight and bias live
+    in the model (`params`: a parameter, maybe transposed or a slice of rows of it: GPT-2's fused Conv1D)."""
 
     start: fx.Node
     x: fx.Node
@@ -129,9 +130,11 @@ def find_attention(root: nn.Module, block: Block, context: set[fx.Node]) -> Atte
 def _linear(root: nn.Module, n: fx.Node) -> _Projection | None:
     """`n` as a linear map: `aten.linear` on parameters read there alone, or the flattening view of a Conv1D."""
     if n.op == "call_function" and n.target is torch.ops.aten.linear.default and len(n.users) == 1:
-        w, b = (parameter_of(root, a) for a in (n.args[1], n.args[2] if len(n.args) > 2 else None))
-        if w is None or any(len(a.users) != 1 for a in n.args[1:3] if isinstance(a, fx.Node)):
-            return None
+        bias_node = n.args[2] if len(n.args) > 2 else None
+        w, b = parameter_of(root, n.args[1]), parameter_of(root, bias_node)
+        if w is None or (bias_node is not None and b is None) or \
+                any(len(a.users) != 1 for a in n.args[1:3] if isinstance(a, fx.Node)):
+            return None  # weights that are not parameters read here alone (a buffer, a shared or computed tensor)
         src = tuple(None if p is None else Source(p, None, False) for p in (w, b))
         return _Projection(n, n.args[0], w, b, [n], src)
     found = conv1d(root, n)
@@ -153,7 +156,7 @@ def _projection_of(root: nn.Module, n: fx.Node) -> _Projection | None:
     split, i = n.args
     if split.target is not torch.ops.aten.split.Tensor or split.kwargs:
         return None
-    fused, size, dim = (*split.args, -1)[:3]
+    fused, size, dim = (*split.args, 0)[:3]  # aten.split's default dimension is 0
     val = fused.meta.get("val")
     if not isinstance(val, torch.Tensor) or dim not in (-1, val.dim() - 1) or fused.op != "call_function":
         return None

@@ -88,6 +88,8 @@ def find_pair(root: nn.Module, block: Block, calls: dict[str, int], context: set
             break
         if not complete:
             continue
+        if branch[i:i + len(nodes)] != nodes:  # the pair's nodes must be one stretch of the branch
+            continue
         pre, post = branch[:i], branch[i + len(nodes):]
         # Values of the inputs alone (a symbolic batch size) may shape a Conv1D's views, which its layer replaces
         kept = [n for n in (*pre, *nodes, *post) if n not in set(span) | set(second[1])]
@@ -122,6 +124,10 @@ def conv1d(root: nn.Module, n: fx.Node) -> tuple[nn.Module, list[fx.Node]] | Non
     if out.target is not view or bias is None or weight is None or weight.dim() != 2 or \
             any(len(a.users) != 1 for a in (mm.args[0], mm.args[2])):
         return None
+    x, y = (getattr(v, "meta", {}).get("val") for v in (n.args[0], out))
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() < 2 or \
+            x.shape[-1] != weight.shape[0] or tuple(y.shape) != (*x.shape[:-1], weight.shape[1]):
+        return None  # only a flatten of the leading dimensions and back is what a linear layer computes
     layer = nn.Linear(weight.shape[0], weight.shape[1], device="meta")
     layer.weight = nn.Parameter(weight.detach().t())
     layer.bias = nn.Parameter(bias.detach())
