@@ -471,13 +471,13 @@ def latencies(paths: list[Path], runs: int = 30) -> dict[Path, dict[str, float]]
     for batch, threads in ((1, 1), (64, 2)):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        sessions = {p: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths}
+        runners = {p: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths}
         x = torch.randn(batch, 3, 32, 32).numpy()
         times: dict[Path, list[float]] = {p: [] for p in paths}
         for r in range(runs + 3):
-            for p, sess in sessions.items():
+            for p, runner in runners.items():
                 t = time.perf_counter()
-                sess.run(None, {"input": x})
+                runner.run(None, {"input": x})
                 if r >= 3:  # warm-up runs left out
                     times[p].append(time.perf_counter() - t)
         for p in paths:

@@ -17,6 +17,7 @@ from bsnet.export.onnx import export_onnx
 from bsnet.from_model import from_model
 from bsnet.inputs import split
 from bsnet.search import BudgetedSearch
+from tests.test_from_model import BasicBlock
 
 transformers = pytest.importorskip("transformers")
 
@@ -56,18 +57,13 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-class FunctionalBlock(nn.Module):
+class FunctionalBlock(BasicBlock):
     """A CIFAR basic block as users often write it: functional ReLUs, an empty Sequential as the identity shortcut."""
 
     def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        super().__init__(c_in, c_out, stride)
+        if isinstance(self.shortcut, nn.Identity):
+            self.shortcut = nn.Sequential()
 
     def forward(self, x):
         out = nn.functional.relu(self.bn1(self.conv1(x)))

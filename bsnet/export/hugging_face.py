@@ -41,8 +41,10 @@ def save_pretrained(model: nn.Module, net: SuperNetwork, mask: torch.Tensor, pat
         raise ValueError(f"{path} exists: name a new directory")
     layers, where = _layer_list(model, net.gate_names)
     kept = dict(zip(net.gate_names, (mask > 0.5).tolist()))
-    groups = _kept_groups(net, kept)  # split name -> its kept groups' nodes
-    branches = [g for g in net.gate_names if net.graph.width_split(_target(net, g)) is None]
+    gate_of = {e.dst: net.gate_names[e.gate] for e in net.graph.edges if e.gate is not None}  # node -> its gate
+    groups = {s.name: [n for n in s.groups if kept[gate_of[n]]] for s in net.graph.width_splits}  # kept, in order
+    in_groups = {gate_of[n] for s in net.graph.width_splits for n in s.groups}
+    branches = [g for g in net.gate_names if g not in in_groups]
     live = {b: kept[b] and bool(groups.get(f"{b}.width", [1])) and bool(groups.get(f"{b}.heads", [1]))
             for b in branches}  # a branch whose every group is dropped is dropped too
     outside = [b for b in branches if not live[b] and not b.startswith(f"{where}.")]
@@ -97,18 +99,6 @@ def _check_same(net: SuperNetwork, mask: torch.Tensor, variant: nn.Module) -> No
         raise ValueError(f"the model its config describes computes other outputs than the variant (by up to "
                          f"{gap:.2g}): a removed layer takes with it what runs after its residual sums (for example a "
                          f"post-norm layer's LayerNorm); write the variant as pt or onnx")
-
-
-def _target(net: SuperNetwork, gate: str) -> str:
-    """The node a gate's edge leads to."""
-    index = net.gate_names.index(gate)
-    return next(e.dst for e in net.graph.edges if e.gate == index)
-
-
-def _kept_groups(net: SuperNetwork, kept: dict[str, bool]) -> dict[str, list[str]]:
-    """Each width split's kept group nodes, in order."""
-    gate_of = {e.dst: net.gate_names[e.gate] for e in net.graph.edges if e.gate is not None}
-    return {s.name: [n for n in s.groups if kept[gate_of[n]]] for s in net.graph.width_splits}
 
 
 def _write_splits(model: nn.Module, variant: nn.Module, net: SuperNetwork, kept: dict[str, list[str]]) -> None:
