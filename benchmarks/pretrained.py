@@ -45,9 +45,10 @@ Run (from the repository root):
 
 A part runs its methods one after another and keeps each finished one (`results/pretrained/parts/*.json` and the
 network as ONNX), so a part is rerun to continue. `table` measures every network's ONNX Runtime latency side by side
-in one process (batch 1 on 1 thread, batch 64 on 2 threads, median of 30 runs, the networks interleaved), writes
-`table.md` and `pareto.png`, and applies the win rule: bsnet minus a method, per seed index, a win where the mean of
-the differences exceeds twice its standard error. `--quick` runs a smoke test (2,000 training images, 1 epoch in all;
+in one process (batch 1 on 1 thread, batch 64 on 2 threads, median of 100 runs, the networks interleaved, idle
+workers sleeping instead of spinning; run it on an idle machine), writes `table.md` and `pareto.png`, and applies
+the win rule: bsnet minus a method, per seed index, a win where the mean of the differences exceeds twice its
+standard error. `--quick` runs a smoke test (2,000 training images, 1 epoch in all;
 a fresh initialisation where the trained weights are not there yet) into `results/pretrained-quick/`.
 Peers: `pip install 'bsnet[bench]'`, then `pip uninstall torchvision` (ModelOpt pulls it in; beside torch 2.13 it
 breaks `transformers`' imports, and nothing here needs it).
@@ -463,7 +464,7 @@ def part(shares: list[float], seeds: list[int], methods: list[str], data: DataSp
                       f"epochs={record['epochs']:.2f} cpu_s={record['cpu_s']:.0f}", flush=True)
 
 
-def latencies(paths: list[Path], runs: int = 30) -> dict[Path, dict[str, float]]:
+def latencies(paths: list[Path], runs: int = 100) -> dict[Path, dict[str, float]]:
     """Median ONNX Runtime latency of each file at batch 1 (1 thread) and batch 64 (2 threads), the files
     interleaved run by run so that the machine's drift falls on all of them alike."""
     import onnxruntime as ort
@@ -471,6 +472,9 @@ def latencies(paths: list[Path], runs: int = 30) -> dict[Path, dict[str, float]]
     for batch, threads in ((1, 1), (64, 2)):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        # Idle workers must sleep: spinning ones of the sessions just run take the cores from the one timed
+        # (measured: 2 threads at batch 64, the trained network 53 ms interleaved with spinning, 27 ms without).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         runners = {p: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths}
         x = torch.randn(batch, 3, 32, 32).numpy()
         times: dict[Path, list[float]] = {p: [] for p in paths}
