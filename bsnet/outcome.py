@@ -104,8 +104,7 @@ def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature
     metrics = {"test_acc": ft_acc if ft_acc is not None else scores["test"], "test_acc_search_weights": scores["test"],
                "val_acc_search_weights": scores["val"], "test_acc_finetuned": ft_acc,
                "val_acc_finetuned": scores.get("val_ft"), **metrics,
-               "finetune_epochs": finetune_epochs, "repaired": found.repaired, "filled": found.added,
-               "skipped_steps": search.nonfinite_steps}
+               "finetune_epochs": finetune_epochs, "repaired": found.repaired, "skipped_steps": search.nonfinite_steps}
     if segmentation:
         metrics["test_miou"] = mean_iou(found_net, batches(run.data.test, 256), run.data.num_classes, device,
                                         mask=mask)

@@ -29,7 +29,6 @@ class Found:
     projected: bool = False
     dropped: list[str] = field(default_factory=list)
     repaired: bool = False  # the most probable mask was disconnected: the most probable connected one is used
-    added: list[str] = field(default_factory=list)  # gates switched on to use each budget up to its floor (`fill`)
 
 
 def _limits(limits: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -126,44 +125,17 @@ def project(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: Costs
 
 
 @torch.no_grad()
-def fill(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: CostsFn, limits: Sequence[float] | torch.Tensor,
-         floor: float) -> torch.Tensor:
-    """`mask` plus gates it lacks, most probable first, each while every budget still holds, until one budget is
-    used to at least `floor` of its limit (or no gate fits): the one that binds; a loose second budget must not pull
-    the network up to the first's limit. The search holds the expected cost at or above the floor, yet its most
-    probable architecture may land below it (a trained ResNet-20 searched at half its FLOPs: 0.84 of the budget under
-    one seed, 0.96 under two; BENCHMARKS.md)."""
-    lim = _limits(limits)
-    short = lambda m: bool((costs(m.unsqueeze(0)) < floor * lim).all())  # noqa: E731
-    if floor <= 0 or not short(mask):
-        return mask
-    for g in torch.argsort(logits, descending=True).tolist():
-        if mask[g] == 0:
-            trial = mask.clone()
-            trial[g] = 1.0
-            trial = graph.prune(trial)  # a gate that makes nothing live is pruned away again: no change
-            if not torch.equal(trial, mask) and graph.connected(trial) and within_budget(trial, costs, limits):
-                mask = trial
-                if not short(mask):
-                    break
-    return mask
-
-
-@torch.no_grad()
 def find_architecture(graph: Graph, logits: torch.Tensor, costs: CostsFn, limits: Sequence[float] | torch.Tensor, *,
-                      project_onto_budgets: bool = True, paths: Iterable[torch.Tensor] = (),
-                      floor: float = 0.0) -> Found:
-    """The most probable connected architecture (`most_probable_connected`), projected onto the budgets and filled
-    up to `floor` of each (`fill`; 0: not filled)."""
+                      project_onto_budgets: bool = True, paths: Iterable[torch.Tensor] = ()) -> Found:
+    """The most probable connected architecture (`most_probable_connected`), projected onto the budgets."""
     start, repaired = most_probable_connected(graph, logits)
-    if not project_onto_budgets:
-        return Found(start, repaired=repaired)
-    projected = project(graph, start, logits, costs, limits, paths)
-    mask = fill(graph, projected, logits, costs, limits, floor)
-    names = graph.gate_names
-    return Found(mask, projected=not torch.equal(projected, start), repaired=repaired,
-                 dropped=[names[g] for g in range(len(mask)) if start[g] > mask[g]],
-                 added=[names[g] for g in range(len(mask)) if mask[g] > start[g]])
+    mask = project(graph, start, logits, costs, limits, paths) if project_onto_budgets else start
+    result = Found(mask, repaired=repaired)
+    if not torch.equal(mask, start):
+        names = graph.gate_names
+        result.projected = True
+        result.dropped = [names[g] for g in range(len(mask)) if start[g] > mask[g]]
+    return result
 
 
 @torch.no_grad()

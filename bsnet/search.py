@@ -263,15 +263,12 @@ class BudgetedSearch:
         return projection.within_budget(mask, self._costs, self.limits)
 
     def found(self, project: bool = True) -> Found:
-        """The most probable architecture, pruned, made connected, projected onto the budgets and, with adaptive λ,
-        filled up to `budget_floor` of each, the bound the search holds its expected cost to
+        """The most probable architecture, pruned, made connected and projected onto the budgets
         (`bsnet.projection.find_architecture`; BudgetError if no connected architecture meets every budget)."""
         cheapest = (c[1] for c in (b.cost.cheapest(self.net) for b in self.budgets) if c is not None)
-        floor = self.config.budget_floor if self.config.lambda_mode == "adaptive" else 0.0
         try:
             return projection.find_architecture(self.net.graph, self.gates.logits.detach().cpu(), self._costs,
-                                                self.limits, project_onto_budgets=project, paths=cheapest,
-                                                floor=floor)
+                                                self.limits, project_onto_budgets=project, paths=cheapest)
         except BudgetError:
             raise BudgetError("no connected architecture meets every budget: " +
                               ", ".join(f"{b} ({limit:.4g} {b.cost.unit})"

@@ -64,9 +64,6 @@ def print_summary(arch: Architecture, run_dir: Path) -> None:
     if arch.projected:
         print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s): "
               + ", ".join(arch.dropped[:8]) + (" ..." if len(arch.dropped) > 8 else ""))
-    if m.get("filled"):
-        print(f"filled up to the budget floor: added {len(m['filled'])} gate(s): "
-              + ", ".join(m["filled"][:8]) + (" ..." if len(m["filled"]) > 8 else ""))
     print(f"run directory: {run_dir}")
 
 

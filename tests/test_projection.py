@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bsnet.graph import Graph
-from bsnet.projection import (BudgetError, add_back, cheapest_drop, fallback_within_budget, fill, find_architecture,
+from bsnet.projection import (BudgetError, add_back, cheapest_drop, fallback_within_budget, find_architecture,
                               meets_budgets, most_probable_connected, sample_candidates)
 
 GATES = ["a", "b", "c", "d"]
@@ -42,29 +42,6 @@ def test_the_drop_charged_least_log_probability_per_excess_removed_goes_first_th
     assert found.projected and not found.repaired
     assert not find_architecture(graph, logits, costs, [6.0], project_onto_budgets=False).projected
     assert not find_architecture(graph, logits, costs, [10.0]).projected  # the mode meets the budget
-
-
-def test_a_mode_under_the_floor_is_filled_most_probable_gate_first_while_the_budget_holds():
-    graph, costs = paths(), linear(FLOPS)
-    logits = torch.tensor([-1.0, 2.0, 2.0, -0.5])  # the mode keeps b and c: 4
-    # Floor 0.9 of 10: d (5), then a (10) fits and reaches it.
-    found = find_architecture(graph, logits, costs, [10.0], floor=0.9)
-    assert torch.equal(found.mask, mask(*GATES)) and found.added == ["a", "d"]
-    assert not found.projected and found.dropped == []
-    # Of 8: d fits, a does not; the floor (7.2) is out of reach and the budget still holds.
-    assert torch.equal(fill(graph, mask("b", "c"), logits, costs, [8.0], 0.9), mask("b", "c", "d"))
-    # At or above the floor, or without one, the mode stays.
-    assert torch.equal(fill(graph, mask("b", "c"), logits, costs, [8.0], 0.5), mask("b", "c"))
-    assert find_architecture(graph, logits, costs, [10.0]).added == []
-    # A gate that makes nothing live on its own (c without b) adds nothing: b alone is pruned away again.
-    lone = torch.tensor([2.0, -0.1, -3.0, -4.0])
-    assert torch.equal(fill(graph, mask("a"), lone, costs, [10.0], 0.9), mask("a", "d"))
-    # With two budgets: d fits both (5 of 10, 6 of 6) and takes the second to its floor, where the filling stops.
-    second = torch.tensor([1.0, 1.0, 1.0, 4.0], dtype=torch.float64)
-    two = fill(graph, mask("b", "c"), logits, linear(FLOPS, second), [10.0, 6.0], 0.9)
-    assert torch.equal(two, mask("b", "c", "d"))
-    looser = fill(graph, mask("b", "c"), logits, linear(FLOPS, second), [10.0, 20.0], 0.9)
-    assert torch.equal(looser, mask(*GATES))  # the second far from its floor: filled until FLOPs reaches its own
 
 
 def test_a_disconnected_mode_gets_the_path_that_is_cheapest_to_switch_on():

@@ -80,29 +80,6 @@ def test_projection_does_not_cut_a_whole_branch_when_less_likely_gates_suffice()
     assert float(flops(net, net.graph.prune(alone))) < 0.6 * float(flops(net, found.mask))
 
 
-@pytest.mark.parametrize("lambda_mode", ["adaptive", "fixed"])
-def test_a_mode_under_the_budget_floor_is_filled_up_to_it_with_adaptive_lambda(lambda_mode):
-    # The search holds E[cost] >= budget_floor x the budget with adaptive λ; its mode may land below (BENCHMARKS.md).
-    net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8])
-    names = net.gate_names
-    logits = torch.tensor([-3.0 if g in ("B-2_1", "B-1_1") else -1.0 if g.startswith("B-") else 3.0 for g in names])
-    flops = bsnet.FlopsCost()
-    mode = net.graph.prune((logits > 0).float())
-    limit = float(flops(net, mode)) / 0.6  # the mode uses 0.6 of the budget
-    search = BudgetedSearch(net, [parse_budget(f"{limit}")], SearchConfig(lambda_mode=lambda_mode))
-    with torch.no_grad():
-        search.gates.logits.copy_(logits)
-    found = search.found()
-    cost = float(flops(net, found.mask))
-    assert search.within_budget(found.mask) and net.graph.connected(found.mask) and not found.projected
-    if lambda_mode == "fixed":  # no floor: the mode as it is
-        assert torch.equal(found.mask, mode) and found.added == []
-        return
-    assert cost >= 0.9 * limit and found.added
-    # Most probable first: blocks of logit -1 reach the floor, those of logit -3 are not needed.
-    assert all(logits[names.index(g)] == -1.0 for g in found.added)
-
-
 def test_disconnected_mode_is_repaired_to_the_most_probable_connected(digits):
     net = bsnet.create_supernet("cnf", **FABRIC)
     search = BudgetedSearch(net, [parse_budget("50%")])

@@ -8,14 +8,13 @@ import torch
 import bsnet
 from bsnet.budgets import parse_budget
 from bsnet.cli import main
-from bsnet.search import BudgetedSearch, SearchConfig
+from bsnet.search import BudgetedSearch
 from tests.cli_options import TINY
 
 
-def search_with_logits(logits: float | torch.Tensor, budget: str = "50%", *more: str,
-                       config: SearchConfig | None = None) -> BudgetedSearch:
+def search_with_logits(logits: float | torch.Tensor, budget: str = "50%", *more: str) -> BudgetedSearch:
     net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[4, 8, 8])
-    search = BudgetedSearch(net, [parse_budget(b) for b in (budget, *more)], config)
+    search = BudgetedSearch(net, [parse_budget(b) for b in (budget, *more)])
     with torch.no_grad():
         search.gates.logits.copy_(torch.as_tensor(logits).expand_as(search.gates.logits))
     return search
@@ -24,7 +23,7 @@ def search_with_logits(logits: float | torch.Tensor, budget: str = "50%", *more:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_candidates_are_the_found_architecture_then_distinct_samples_within_the_budget(seed):
     torch.manual_seed(seed)
-    search = search_with_logits(0.0, config=SearchConfig(budget_floor=0.0))  # the mode as found: not filled
+    search = search_with_logits(0.0)
     with torch.no_grad():
         search.gates.logits.copy_(torch.randn_like(search.gates.logits))
     net, limit = search.net, search.limits[0]
