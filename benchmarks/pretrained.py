@@ -559,12 +559,14 @@ def _pareto(records: list[dict], base_acc: float, full: dict, path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), sharey=True)
+    shares = sorted({r["share"] for r in records}, reverse=True)  # the largest filled, the others hollow
     panels = (("batch1_ms", 1.0, "ONNX Runtime latency, batch 1, 1 thread (ms)"),
               ("batch64_ms", 1.0, "ONNX Runtime latency, batch 64, 2 threads (ms)"),
               ("flops", 1e-6, "MFLOPs (FlopCounterMode)"))
     for ax, (key, scale, label) in zip(axes, panels):
         for i, method in enumerate(METHODS):
-            for share, fill in ((0.5, True), (0.3, False)):
+            for share in shares:
+                fill = share == shares[0]
                 rows = [r for r in records if r["method"] == method and r["share"] == share]
                 if rows:
                     color = f"C{i}"
@@ -576,8 +578,8 @@ def _pareto(records: list[dict], base_acc: float, full: dict, path: Path) -> Non
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(fontsize=7)
-    fig.suptitle("Trained CIFAR-10 ResNet-20 fitted to 50% (filled) and 30% (hollow) of its FLOPs: up and to the left "
-                 "is better (each point one seed index)")
+    fig.suptitle(f"Trained CIFAR-10 ResNet-20 fitted to {' and '.join(f'{s:.0%}' for s in shares)} of its FLOPs "
+                 f"({shares[0]:.0%} filled): up and to the left is better (each point one seed index)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
