@@ -472,7 +472,7 @@ def latencies(paths: list[Path], runs: int = 100) -> dict[Path, dict[str, float]
     for batch, threads in ((1, 1), (64, 2)):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        # Idle workers must sleep: spinning ones of the sessions just run take the cores from the one timed
+        # Idle workers must sleep: spinning ones of the networks just run take the cores from the one timed
         # (measured: 2 threads at batch 64, the trained network 53 ms interleaved with spinning, 27 ms without).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         runners = {p: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths}
