@@ -42,7 +42,7 @@ from typing import Callable
 import torch
 
 import bsnet
-from bsnet.architecture import kept_names
+from bsnet.architecture import kept_mask, kept_names
 from bsnet.budgets import Budget
 from bsnet.config import key_values
 from bsnet.data import DataSplits, num_batches
@@ -177,6 +177,40 @@ def win(diffs: list[float]) -> tuple[float, float, str]:
     return mean, se, ("bsnet wins" if mean > 0 else "bsnet loses") if ok else "tie"
 
 
+def ranks(xs: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    out = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            out[k] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def candidate_params(parts: list[dict]) -> str:
+    """What decides among architectures at one budget: the Spearman correlation of parameters with the 3-epoch
+    validation accuracy over random's candidates (FLOPs all within [0.8, 1] x the budget), and the 3-epoch score of
+    bsnet's pick against random's, per seed index."""
+    net = bsnet.create_supernet("resnet_fabric", **WIDTH)
+    params, accs = [], []
+    for p in parts:
+        for c in p["networks"]["random"]["candidates"]:
+            params.append(float(bsnet.ParamsCost()(net, kept_mask(c["kept"], net.gate_names))))
+            accs.append(c["selection"]["val_acc"])
+    rho = statistics.correlation(ranks(params), ranks(accs)) if len(params) > 2 else float("nan")
+    picked = " / ".join(f"{b['candidates'][b['chosen']]['selection']['val_acc']:.3f}" if b["candidates"] else "-"
+                        for b in (p["networks"]["bsnet"] for p in parts))
+    best = " / ".join(f"{max(c['selection']['val_acc'] for c in p['networks']['random']['candidates']):.3f}"
+                      for p in parts)
+    return (f"random's {len(params)} candidates: parameters vs 3-epoch val. acc., Spearman ρ = {rho:.2f}; "
+            f"3-epoch val. acc. of bsnet's pick {picked}, of random's {best}")
+
+
 def table(results_dir: Path) -> int:
     parts = [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob("resnet*-seed*.json"))
                          if not p.name.endswith("-search.json")) if not d.get("search_config")]
@@ -211,6 +245,7 @@ def table(results_dir: Path) -> int:
         ratios = [p["networks"]["bsnet"]["search_cost_ratio"] for p in mine]
         lines.append(f"| ResNet-{depth} | search cost ratio (search + selection ÷ one training) | | | "
                      f"{statistics.fmean(ratios):.2f} | | |")
+        lines.append(f"| ResNet-{depth} | {candidate_params(mine)} | | | | | |")
     for depth in DEPTHS:  # today's records, for reference
         record = RESULTS / "cifar10" / f"resnet{depth}.json"
         if record.is_file():
