@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import statistics
@@ -45,9 +46,11 @@ import bsnet
 from bsnet.architecture import kept_mask, kept_names
 from bsnet.budgets import Budget
 from bsnet.config import key_values
-from bsnet.data import DataSplits, num_batches
+from bsnet.data import DataSplits, batches, num_batches
 from bsnet.fabrics.resnet_fabric import resnet_mask
+from bsnet.pipeline import SearchRun, run_epochs
 from bsnet.search import BudgetedSearch, SearchConfig
+from bsnet.train import accuracy, recalibrate_bn
 from bsnet.width import kept_widths
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,6 +105,56 @@ def uniform_channels(limit: float) -> int:
     raise RuntimeError("no uniform width meets the budget")
 
 
+def new_search(limit: float, i: int, proto: Protocol, data: DataSplits, search_config: dict | None,
+               device: str) -> BudgetedSearch:
+    """bsnet's search of the width fabric under `limit` FLOPs, seed i (the part's and the ranking's)."""
+    torch.manual_seed(i)
+    net = bsnet.create_supernet("resnet_fabric", **WIDTH)
+    config = SearchConfig(**{"seed": i, **(search_config or {})})
+    return BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], config,
+                          steps_per_epoch=num_batches(data.train, proto.batch_size, drop_last=True),
+                          epochs=proto.search_epochs, device=device)
+
+
+def shared_ranking(depth: int, i: int, proto: Protocol, data: DataSplits, parts: list[dict],
+                   emit: Callable[[str, object], None], device: str = "cpu", val_images: int = 2000) -> dict:
+    """Does the search's super network rank architectures as their own short training does? The part's search (seed
+    i) is run again, and after epochs 2, 5 and its last every candidate the budget's finished parts trained for 3
+    epochs (random's and bsnet's) is scored on the shared weights: BatchNorm recomputed for it on 20 training
+    batches, accuracy on the first `val_images` validation images. Reports the Spearman correlation of those scores
+    with the candidates' 3-epoch validation accuracy and with their parameters, and where the search's own found
+    architecture falls among them."""
+    search = new_search(budget_flops(depth), i, proto, data, None, device)
+    net, run = search.net, SearchRun(search, data, proto.batch_size, i, search.device)
+    cands = [(f"{m}{p['seed_index']}", kept_mask(c["kept"], net.gate_names), c["selection"]["val_acc"])
+             for p in parts for m in ("random", "bsnet") for c in p["networks"][m]["candidates"]]
+    params = [float(bsnet.ParamsCost()(net, m)) for _, m, _ in cands]
+    val = list(itertools.islice(batches(data.val, 500), math.ceil(val_images / 500)))
+
+    def score(mask: torch.Tensor) -> float:
+        scored = bsnet.create_supernet("resnet_fabric", **WIDTH).to(device)
+        scored.load_state_dict(net.state_dict())
+        recalibrate_bn(scored, lambda x: scored(x, mask), itertools.islice(run.batches(0, augment=False), 20), device)
+        return accuracy(scored, val, device, mask=mask)
+
+    epochs = []
+    for epoch in range(proto.search_epochs):
+        run_epochs(run, epoch + 1, start=epoch)
+        if epoch + 1 in (2, 5, proto.search_epochs):
+            found = search.found().mask
+            shared = [score(m) for _, m, _ in cands]
+            rec = {"epoch": epoch + 1, "found": {"kept": kept_names(found, net.gate_names), "shared_acc": score(found),
+                                                 "params": float(bsnet.ParamsCost()(net, found))},
+                   "rho_3_epoch": statistics.correlation(ranks(shared), ranks([c[2] for c in cands])),
+                   "rho_params": statistics.correlation(ranks(shared), ranks(params)),
+                   "candidates": [{"label": c[0], "shared_acc": s, "val_acc_3_epochs": c[2], "params": n}
+                                  for c, s, n in zip(cands, shared, params)]}
+            emit(f"ranking.epoch{epoch + 1}", f"rho_3_epoch={rec['rho_3_epoch']:.2f} rho_params={rec['rho_params']:.2f}"
+                 f" found_shared_acc={rec['found']['shared_acc']:.3f} best_candidate_shared_acc={max(shared):.3f}")
+            epochs.append(rec)
+    return {"depth": depth, "seed_index": i, "shared_ranking": epochs, "val_images": len(val) * 500}
+
+
 def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
              select: int = 3, temperature: float = 3.0, device: str = "cpu", search_only: bool = False,
              search_config: dict | None = None) -> dict:
@@ -113,12 +166,8 @@ def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callab
 
     # bsnet: search and selection, timed together: the compute random search is given.
     t0, c0 = time.perf_counter(), time.process_time()
-    torch.manual_seed(i)
-    net = bsnet.create_supernet("resnet_fabric", **WIDTH)
-    config = SearchConfig(**{"seed": i, **(search_config or {})})
-    search = BudgetedSearch(net, [Budget(bsnet.FlopsCost(), limit)], config,
-                            steps_per_epoch=num_batches(data.train, proto.batch_size, drop_last=True),
-                            epochs=proto.search_epochs, device=device)
+    search = new_search(limit, i, proto, data, search_config, device)
+    net = search.net
     history = search_epochs(search, data, proto.search_epochs, proto.batch_size, i, emit)
     found = search.found()
     if search_only:  # the search's own figures: does it reach the budget, is what it finds good early
@@ -213,7 +262,7 @@ def candidate_params(parts: list[dict]) -> str:
 
 def table(results_dir: Path) -> int:
     parts = [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob("resnet*-seed*.json"))
-                         if not p.name.endswith("-search.json")) if not d.get("search_config")]
+                         if not p.name.endswith(("-search.json", "-ranking.json"))) if not d.get("search_config")]
     if not parts:
         print(f"error: no finished part in {results_dir}", file=sys.stderr)
         return 2
@@ -300,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="search settings other than the defaults (recorded in the part)")
     parser.add_argument("--search-only", action="store_true", help="the part's search alone (written as "
                         "resnet<d>-seed<i>-search.json; --table skips it)")
+    parser.add_argument("--shared-ranking", action="store_true", help="diagnostic: the part's search again, its "
+                        "shared weights scoring the candidates of the budget's finished parts (written as "
+                        "resnet<d>-seed<i>-ranking.json)")
     args = parser.parse_args(argv)
     results_dir = args.results_dir or RESULTS / ("cifar10-width-quick" if args.quick else "cifar10-width")
     if args.table:
@@ -317,6 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar10_width.resnet{depth}.seed{args.seed_index}.{key}={value}", flush=True)
 
     t0 = time.perf_counter()
+    if args.shared_ranking:
+        parts = [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob(f"resnet{depth}-seed*.json"))
+                             if not p.name.endswith(("-search.json", "-ranking.json"))) if not d.get("search_config")]
+        if not parts:
+            print(f"error: no finished part of the ResNet-{depth} budget in {results_dir}", file=sys.stderr)
+            return 2
+        result = shared_ranking(depth, args.seed_index, proto, data, parts, emit, args.device)
+        result.update(machine=machine_info(args.device), part_s=time.perf_counter() - t0)
+        save_result(results_dir / f"resnet{depth}-seed{args.seed_index}-ranking.json", result, args.quick)
+        return 0
     result = run_part(depth, args.seed_index, proto, data, emit, select=args.select, device=args.device,
                       search_only=args.search_only, search_config=key_values(args.search_config, "--search-config"))
     result["search_config"] = key_values(args.search_config, "--search-config")
