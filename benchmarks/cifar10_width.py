@@ -6,8 +6,9 @@ test images, 15 epochs, one recipe for every network, augmentation, seeded initi
 ResNet-8 and of ResNet-20 (the plain fabric's `resnet_mask`). One part = one budget x one seed index i:
 
 * `bsnet`: `BudgetedSearch` (defaults, seed i, 10 epochs) of `resnet_fabric width_groups=4 width_multiplier=2`, then
-  its selection as in `cifar10.py` (the found architecture and 2 tempered samples of the gates, each trained 3 epochs
-  with training seed 2i, the best on validation); the pick is trained with training seeds 2i and 2i + 1. The CPU
+  its selection as in `cifar10.py` (the found architecture and 2 tempered samples of the gates that build other
+  networks: width groups are interchangeable once re-initialised; each trained 3 epochs with training seed 2i, the
+  best on validation); the pick is trained with training seeds 2i and 2i + 1. The CPU
   seconds of search + selection (`time.process_time`, every thread) are the compute budget of `random`.
 * `random`: architectures of the same width fabric drawn with every gate at p = 0.5, pruned, redrawn while
   disconnected, outside [0.8, 1] x budget or already drawn (draw seed 2000 + 100 x depth + i); each trained 3
@@ -105,6 +106,20 @@ def uniform_channels(limit: float) -> int:
     raise RuntimeError("no uniform width meets the budget")
 
 
+def distinct_architectures(net: bsnet.SuperNetwork, masks: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The first `k` of `masks` that build different networks. Trained from a fresh initialisation, a block keeping
+    groups 0, 2, 3 is the block keeping groups 1, 2, 3: same widths, and the same network once re-initialised."""
+    groups = {net.graph.in_edges(n)[0].gate for split in net.graph.width_splits for n in split.groups}
+    out, seen = [], set()
+    for m in masks:
+        key = (tuple(v for g, v in enumerate(m.tolist()) if g not in groups),
+               tuple(sorted((node, tuple(w)) for node, w in kept_widths(net, m).items())))
+        if key not in seen and len(out) < k:
+            seen.add(key)
+            out.append(m)
+    return out
+
+
 def new_search(limit: float, i: int, proto: Protocol, data: DataSplits, search_config: dict | None,
                device: str) -> BudgetedSearch:
     """bsnet's search of the width fabric under `limit` FLOPs, seed i (the part's and the ranking's)."""
@@ -176,7 +191,8 @@ def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callab
                           "dropped": found.dropped, "flops": float(bsnet.FlopsCost()(net, found.mask)),
                           "widths": kept_widths(net, found.mask)},
                 "history": history["history"], "search_s": time.perf_counter() - t0}
-    candidates = search.candidates(select, temperature) if select > 1 else [found.mask]
+    candidates = distinct_architectures(net, search.candidates(4 * select, temperature), select) if select > 1 \
+        else [found.mask]
     best, selection = select_on_validation(net, candidates, train, seeds[0]) if select > 1 else (0, [])
     search_cpu, search_wall = time.process_time() - c0, time.perf_counter() - t0
     emit("bsnet.search_cpu_s", f"{search_cpu:.0f}")
