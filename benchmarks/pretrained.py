@@ -16,9 +16,8 @@ written beside it and committed, so that every later run starts from the same ne
 The methods (`METHODS`), each from those weights, each at a FLOPs budget (`FlopCounterMode`, 2 FLOPs per
 multiply-add) of a share of the trained network's:
 
-* `bsnet`: `bsnet.fit` on the trained module, `width_groups=4` plus depth, 3 search epochs; `bsnet-init` the same
-  with gates started from each width group's weight norm (`init_logits`); `depth`: `width_groups=1` (whole blocks
-  only: it lands where whole blocks allow, its fraction reported).
+* `bsnet`: `bsnet.fit` on the trained module, `width_groups=4` plus depth, 3 search epochs; `depth`: `width_groups=1`
+  (whole blocks only: it lands where whole blocks allow, its fraction reported).
 * `torch-pruning`: Torch-Pruning's group-norm method of its CIFAR benchmark without its optional sparsity-learning
   stage (`GroupNormPruner`, group magnitude importance with p=2, global pruning, 400 iterative steps without training
   between them), stopped at the first step within the budget.
@@ -215,7 +214,7 @@ def train(data: DataSplits, epochs: int) -> dict:
 # goes to the common fine-tune, counted in steps.
 TOTAL_EPOCHS, FORWARD_SHARE, FT_LR = 10, 1 / 3, 0.01
 SEARCH_EPOCHS = 3  # bsnet's search epochs (fit's default), inside the 10
-METHODS = ("bsnet", "bsnet-init", "torch-pruning", "modelopt", "uniform", "depth")
+METHODS = ("bsnet", "torch-pruning", "modelopt", "uniform", "depth")
 CALIBRATION_BATCHES = 20  # ModelOpt's BatchNorm calibration per choice (its default, 50, costs 2.5 times more)
 
 
@@ -371,31 +370,17 @@ class _Calibration:
         return len(self.data.train) // BATCH
 
 
-def importance_logits(net: bsnet.SuperNetwork) -> torch.Tensor:
-    """Starting gate logits from each width group's importance: the L2 norm of its first layer's weights over the
-    mean of its pair's, +-2 around the default logit (a group of average norm starts where every gate does)."""
-    p = SearchConfig().init_prob
-    logits = torch.full((net.num_gates,), math.log(p / (1 - p)))
-    for split in net.graph.width_splits:
-        norms = torch.stack([net.blocks[n][0].weight.detach().norm() for n in split.groups])
-        for n, norm in zip(split.groups, norms):
-            logits[net.graph.in_edges(n)[0].gate] += 2 * (float(norm / norms.mean()) - 1)
-    return logits
-
-
-def bsnet_fit(model: ResNet20, share: float, data: DataSplits, seed: int, meter: Meter, *, width_groups: int,
-              init: bool) -> nn.Module:
+def bsnet_fit(model: ResNet20, share: float, data: DataSplits, seed: int, meter: Meter, *,
+              width_groups: int) -> nn.Module:
     """`bsnet.fit` on the trained module (SEARCH_EPOCHS search epochs, the weights at lr FT_LR), its own
     fine-tune left out: the common one follows."""
     x = torch.zeros(2, 3, 32, 32)
-    init_logits = importance_logits(bsnet.from_model(copy.deepcopy(model), x, width_groups=width_groups)) \
-        if init else None
     # Every pass is counted as forward-only, then the search epochs' images are moved to the trained count. No
     # validation batches: with no selection among candidates they would only monitor, and cost compute.
     variant, report = bsnet.fit(model, x, budgets=[f"{share:.0%}"],
                                 train=lambda epoch: meter.batches(data, seed, epoch, train=False),
                                 epochs=SEARCH_EPOCHS, finetune_epochs=0, lr=FT_LR, config=SearchConfig(seed=seed),
-                                width_groups=width_groups, init_logits=init_logits)
+                                width_groups=width_groups)
     searched = SEARCH_EPOCHS * (len(data.train) // BATCH) * BATCH
     meter.forward, meter.trained = meter.forward - searched, meter.trained + searched
     meter.search_history = report.history
@@ -409,9 +394,8 @@ def run_method(method: str, share: float, seed: int, data: DataSplits, where: Pa
     meter = Meter(len(data.train))
     torch.manual_seed(seed)
     t, c = time.perf_counter(), time.process_time()
-    if method in ("bsnet", "bsnet-init", "depth"):
-        net = bsnet_fit(model, share, data, seed, meter, width_groups=1 if method == "depth" else 4,
-                        init=method == "bsnet-init")
+    if method in ("bsnet", "depth"):
+        net = bsnet_fit(model, share, data, seed, meter, width_groups=1 if method == "depth" else 4)
     elif method == "torch-pruning":
         net = torch_pruning(model, budget)
     elif method == "modelopt":

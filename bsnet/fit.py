@@ -60,7 +60,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         val: Batches | Callable[[], Batches] | None = None, epochs: int = 3, finetune_epochs: int = 1,
         lr: float = 0.01, config: SearchConfig | None = None, device: torch.device | str = "cpu",
         gate: str | Sequence[str] = "residual", leaf_modules: Sequence = (), width_groups: int = 1,
-        init_logits: torch.Tensor | None = None, progress: Progress = no_progress) -> tuple[nn.Module, FitReport]:
+        progress: Progress = no_progress) -> tuple[nn.Module, FitReport]:
     """A variant of `model` within `budgets`, fine-tuned, as a plain network (a `torch.fx.GraphModule`), and its
     report.
 
@@ -77,7 +77,6 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         lr: the weights' learning rate in both phases (a tenth of a from-scratch rate: the weights are trained).
         config: other search settings (`lr` overrides its own).
         gate, leaf_modules, width_groups: as in `from_model` (`width_groups=4`: widths searched too).
-        init_logits: the gates' starting logits, as `BudgetedSearch` takes them.
         progress: `(label, total) -> advance(info)`, called for each epoch and the fine-tune (`bsnet.outcome.Progress`).
 
     Raises:
@@ -108,7 +107,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         raise ValueError("train holds no batches")
     cfg = dataclasses.replace(config or SearchConfig(), lr=lr)
     search = BudgetedSearch(net, [parse_budget(b, device=str(device)) for b in budgets], cfg, steps_per_epoch=steps,
-                            epochs=epochs, device=device, init_logits=init_logits)
+                            epochs=epochs, device=device)
     # The steps of `bsnet search`: its epoch loop and its ending (BatchNorm recalibrated, fine-tuned), on these batches.
     run = SearchRun(search, UserBatches(each, scored, steps), batch_size=0, seed=cfg.seed, device=torch.device(device))
     t0 = time.perf_counter()

@@ -105,13 +105,11 @@ class BudgetedSearch:
         config: optimisation settings.
         steps_per_epoch, epochs: the length of the cosine schedule of the weights' learning rate (without them the
             learning rate stays constant).
-        init_logits: `[num_gates]` starting logits of the gates in place of `config.init_prob`'s (for example from
-            each group's weight norm, so that the least important groups start the most likely to be dropped).
     """
 
     def __init__(self, net: SuperNetwork, budgets: Sequence[Budget], config: SearchConfig | None = None, *,
                  steps_per_epoch: int | None = None, epochs: int | None = None,
-                 device: torch.device | str = "cpu", init_logits: torch.Tensor | None = None) -> None:
+                 device: torch.device | str = "cpu") -> None:
         self.net = net.to(device)
         self.device = torch.device(device)
         self.config = cfg = config or SearchConfig()
@@ -129,12 +127,6 @@ class BudgetedSearch:
         # The gates stay on the CPU whatever the device: a few logits, sampled with the CPU generator that makes every
         # rank draw the same architectures (torch.bernoulli refuses a CPU generator for a CUDA tensor).
         self.gates = BernoulliGates(net.num_gates, cfg.init_prob)
-        if init_logits is not None:
-            init_logits = torch.as_tensor(init_logits, dtype=torch.float32).detach().cpu()
-            if init_logits.shape != (net.num_gates,) or not torch.isfinite(init_logits).all():
-                raise ValueError(f"init_logits must be {net.num_gates} finite numbers, one per gate")
-            with torch.no_grad():
-                self.gates.logits.copy_(init_logits)
         self.lambdas = torch.zeros(len(self.budgets), dtype=torch.float64)
         self.floor_lambdas = torch.zeros(len(self.budgets), dtype=torch.float64)  # of budget_floor's bounds
         if cfg.lambda_mode == "fixed":
