@@ -276,9 +276,14 @@ def candidate_params(parts: list[dict]) -> str:
             f"3-epoch val. acc. of bsnet's pick {picked}, of random's {best}")
 
 
+def finished_parts(results_dir: Path, budget: str = "resnet*") -> list[dict]:
+    """The finished parts in `results_dir` run with the default search: not a search alone, a ranking, or a variant."""
+    return [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob(f"{budget}-seed*.json"))
+                        if not p.name.endswith(("-search.json", "-ranking.json"))) if not d.get("search_config")]
+
+
 def table(results_dir: Path) -> int:
-    parts = [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob("resnet*-seed*.json"))
-                         if not p.name.endswith(("-search.json", "-ranking.json"))) if not d.get("search_config")]
+    parts = finished_parts(results_dir)
     if not parts:
         print(f"error: no finished part in {results_dir}", file=sys.stderr)
         return 2
@@ -386,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     if args.shared_ranking:
-        parts = [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob(f"resnet{depth}-seed*.json"))
-                             if not p.name.endswith(("-search.json", "-ranking.json"))) if not d.get("search_config")]
+        parts = finished_parts(results_dir, f"resnet{depth}")
         if not parts:
             print(f"error: no finished part of the ResNet-{depth} budget in {results_dir}", file=sys.stderr)
             return 2
