@@ -29,6 +29,7 @@ class Found:
     projected: bool = False
     dropped: list[str] = field(default_factory=list)
     repaired: bool = False  # the most probable mask was disconnected: the most probable connected one is used
+    added: list[str] = field(default_factory=list)  # gates `fill` added to spend the budgets
 
 
 def _limits(limits: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -125,16 +126,45 @@ def project(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: Costs
 
 
 @torch.no_grad()
+def fill(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: CostsFn,
+         limits: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """`mask` (connected, pruned, within the budgets) grown while every budget holds: each step adds the most
+    probable addition that fits, the one whose added gates have the largest summed logit. An addition is one absent
+    gate, or two gates that each stay dead alone: a width group of a dropped block lives only with the block's own
+    gate, so gates added one at a time never bring a block back."""
+    mask = mask.clone()
+    while True:
+        absent = torch.nonzero(mask == 0).flatten()
+        singles = graph.prune(mask + F.one_hot(absent, len(mask)).to(mask.dtype))  # [A, G]
+        dead = absent[~(singles > mask).any(1)]  # gates that stay dead alone: pairs of them may live
+        pairs = torch.combinations(dead, 2)
+        both = mask.repeat(len(pairs), 1)
+        both[torch.arange(len(pairs)).unsqueeze(1), pairs] = 1.0
+        trials = torch.cat([singles, graph.prune(both)])
+        trials = torch.unique(trials[(trials > mask).any(1)], dim=0)  # only what grew, once: the costs are the work
+        if len(trials) == 0:
+            return mask
+        fits = meets_budgets(costs(trials), limits)  # adding gates keeps a mask connected: no check needed
+        if not bool(fits.any()):
+            return mask
+        gain = ((trials - mask) * logits).sum(1)
+        mask = trials[int(torch.argmax(torch.where(fits, gain, torch.full_like(gain, -math.inf))))]
+
+
+@torch.no_grad()
 def find_architecture(graph: Graph, logits: torch.Tensor, costs: CostsFn, limits: Sequence[float] | torch.Tensor, *,
-                      project_onto_budgets: bool = True, paths: Iterable[torch.Tensor] = ()) -> Found:
-    """The most probable connected architecture (`most_probable_connected`), projected onto the budgets."""
+                      project_onto_budgets: bool = True, fill_budgets: bool = False,
+                      paths: Iterable[torch.Tensor] = ()) -> Found:
+    """The most probable connected architecture (`most_probable_connected`), projected onto the budgets, and with
+    `fill_budgets` grown by `fill` to spend them."""
     start, repaired = most_probable_connected(graph, logits)
-    mask = project(graph, start, logits, costs, limits, paths) if project_onto_budgets else start
-    result = Found(mask, repaired=repaired)
-    if not torch.equal(mask, start):
-        names = graph.gate_names
-        result.projected = True
-        result.dropped = [names[g] for g in range(len(mask)) if start[g] > mask[g]]
+    projected = project(graph, start, logits, costs, limits, paths) if project_onto_budgets else start
+    names = graph.gate_names
+    result = Found(projected, projected=not torch.equal(projected, start), repaired=repaired,
+                   dropped=[names[g] for g in range(len(start)) if start[g] > projected[g]])
+    if fill_budgets and within_budget(projected, costs, limits):
+        result.mask = fill(graph, projected, logits, costs, limits)
+        result.added = [names[g] for g in range(len(start)) if result.mask[g] > projected[g]]
     return result
 
 

@@ -56,6 +56,9 @@ class SearchConfig:
     # Adaptive λ only: a lower bound E[C_j(H)] >= floor · b_j with its own multiplier (0: none); without it,
     # CIFAR-10 searches ended at 60-70% of the budget (see bsnet.multipliers).
     budget_floor: float = 0.9
+    # The found architecture grown, most probable gates first, while every budget holds (bsnet.projection.fill):
+    # for a budget to be spent rather than stayed under, as when fitting a trained model to it.
+    fill_budgets: bool = False
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
     def __post_init__(self) -> None:
@@ -68,6 +71,8 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"search setting {name} must be a finite number, got {value!r}")
+        if not isinstance(self.fill_budgets, bool):
+            raise ValueError(f"search setting fill_budgets must be true or false, got {self.fill_budgets!r}")
         checks = [(self.sampling in ("grouped", "per_example"), "sampling must be 'grouped' or 'per_example'"),
                   (self.baseline in ("loo", "mean"), "baseline must be 'loo' or 'mean'"),
                   (self.lambda_mode in ("adaptive", "fixed"), "lambda_mode must be 'adaptive' or 'fixed'"),
@@ -255,12 +260,14 @@ class BudgetedSearch:
         return projection.within_budget(mask, self._costs, self.limits)
 
     def found(self, project: bool = True) -> Found:
-        """The most probable architecture, pruned, made connected and projected onto the budgets
-        (`bsnet.projection.find_architecture`; BudgetError if no connected architecture meets every budget)."""
+        """The most probable architecture, pruned, made connected, projected onto the budgets and, with the setting
+        `fill_budgets`, grown to spend them (`bsnet.projection.find_architecture`; BudgetError if no connected
+        architecture meets every budget)."""
         cheapest = (c[1] for c in (b.cost.cheapest(self.net) for b in self.budgets) if c is not None)
         try:
             return projection.find_architecture(self.net.graph, self.gates.logits.detach().cpu(), self._costs,
-                                                self.limits, project_onto_budgets=project, paths=cheapest)
+                                                self.limits, project_onto_budgets=project,
+                                                fill_budgets=project and self.config.fill_budgets, paths=cheapest)
         except BudgetError:
             raise BudgetError("no connected architecture meets every budget: " +
                               ", ".join(f"{b} ({limit:.4g} {b.cost.unit})"

@@ -64,6 +64,9 @@ def print_summary(arch: Architecture, run_dir: Path) -> None:
     if arch.projected:
         print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s): "
               + ", ".join(arch.dropped[:8]) + (" ..." if len(arch.dropped) > 8 else ""))
+    if arch.added:
+        print(f"filled to the budget: added {len(arch.added)} gate(s): "
+              + ", ".join(arch.added[:8]) + (" ..." if len(arch.added) > 8 else ""))
     print(f"run directory: {run_dir}")
 
 
@@ -112,6 +115,8 @@ def show_lines(arch: Architecture) -> list[Any]:
         lines.append(_selection_line(m))
     if arch.projected:
         lines.append(f"projected: dropped {', '.join(arch.dropped)}")
+    if arch.added:
+        lines.append(f"filled to the budget: added {', '.join(arch.added)}")
     if arch.widths:
         lines.append("kept widths: " + ", ".join(f"{n} {k}/{a} ch" for n, (k, a) in arch.widths.items()))
     lines.append("kept gates: " + ", ".join(arch.kept))

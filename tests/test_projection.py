@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from bsnet.graph import Graph
-from bsnet.projection import (BudgetError, add_back, cheapest_drop, fallback_within_budget, find_architecture,
-                              meets_budgets, most_probable_connected, sample_candidates)
+from bsnet.projection import (BudgetError, add_back, cheapest_drop, fallback_within_budget, fill,
+                              find_architecture, meets_budgets, most_probable_connected, sample_candidates)
 
 GATES = ["a", "b", "c", "d"]
 FLOPS = torch.tensor([5.0, 2.0, 2.0, 1.0], dtype=torch.float64)  # what each gate adds to a cost
@@ -58,6 +58,35 @@ def test_add_back_adds_the_most_probable_gates_that_still_fit():
     logits = torch.tensor([3.0, 1.0, 1.0, 2.0])
     assert torch.equal(add_back(graph, mask("d"), mask(*GATES), logits, costs, [6.0]), mask("a", "d"))
     assert torch.equal(add_back(graph, mask("d"), mask("b", "c", "d"), logits, costs, [6.0]), mask("d"))  # one by one
+
+
+def test_fill_adds_the_most_probable_additions_that_fit_a_dead_gate_with_the_one_that_brings_it_to_life():
+    graph, costs = paths(), linear(FLOPS)
+    logits = torch.tensor([-1.0, -2.0, -2.0, 2.0])  # the mode keeps d alone (1 of the budget)
+    # b or c alone is dead: only the pair adds anything, and it fits (5)
+    assert torch.equal(fill(graph, mask("d"), logits, costs, [5.0]), mask("b", "c", "d"))
+    # a (5 more, log-odds -1) fits too and is more probable than the pair (-4): after it the pair no longer fits
+    assert torch.equal(fill(graph, mask("d"), logits, costs, [6.5]), mask("a", "d"))
+    assert torch.equal(fill(graph, mask("d"), logits, costs, [3.0]), mask("d"))  # nothing fits
+    for limit in (3.0, 5.0, 6.5, 8.0, 9.5):  # what fill leaves is maximal: no gate, nor any two, still fit
+        filled = fill(graph, mask("d"), logits, costs, [limit])
+        for extra in [[g] for g in range(4)] + [[g, h] for g in range(4) for h in range(g + 1, 4)]:
+            trial = filled.clone()
+            trial[extra] = 1.0
+            trial = graph.prune(trial)
+            assert torch.equal(trial, filled) or not meets_budgets(costs(trial.unsqueeze(0)), [limit])[0]
+    found = find_architecture(graph, logits, costs, [5.0], fill_budgets=True)
+    assert torch.equal(found.mask, mask("b", "c", "d")) and found.added == ["b", "c"]
+    assert not found.projected and found.dropped == []
+    assert find_architecture(graph, logits, costs, [5.0]).added == []  # only when asked
+    # a projection that falls back to a path switches gates on without filling anything
+    fallback = find_architecture(graph, torch.tensor([3.0, -1.0, -1.0, -1.0]), costs, [3.0], paths=[mask("d")])
+    assert fallback.projected and fallback.dropped == ["a"] and fallback.added == []
+    assert torch.equal(fallback.mask, mask("d"))
+    # projected first, then filled: the mode {a, d} is over the budget, a goes; the pair then fits beside d
+    found = find_architecture(graph, torch.tensor([1.0, -2.0, -2.0, 2.0]), costs, [5.0], fill_budgets=True)
+    assert found.projected and found.dropped == ["a"] and found.added == ["b", "c"]
+    assert torch.equal(found.mask, mask("b", "c", "d"))
 
 
 def test_fallback_starts_from_a_given_path_when_the_most_probable_is_over_budget():

@@ -169,6 +169,33 @@ def test_budget_floor_penalises_samples_that_leave_the_budget_unused(digits):
         SearchConfig(budget_floor=1.0)
 
 
+def test_fill_budgets_brings_thinned_and_dropped_blocks_back_while_the_budget_holds():
+    net = bsnet.create_supernet("resnet_fabric", blocks=2, channels=[8, 16, 32], image_size=8, in_channels=1,
+                                num_classes=10, width_groups=4, width_multiplier=2.0)
+    budget = [parse_budget("80%")]
+    plain, filled = BudgetedSearch(net, budget), BudgetedSearch(net, budget, SearchConfig(fill_budgets=True))
+    for search in (plain, filled):
+        with torch.no_grad():  # a mode far under the budget: every stage's first block thinned to one group
+            search.gates.logits.fill_(-2.0)
+            for i, name in enumerate(net.gate_names):
+                first_block = name.startswith("B-") and name.endswith("_0")
+                if name.startswith(("S-", "X-")) or name.endswith("_0_0") or first_block:
+                    search.gates.logits[i] = 2.0
+    small, grown = plain.found(), filled.found()
+    limit = plain.limits[0]
+    assert plain.costs(small.mask)[0] < 0.5 * limit and small.added == []
+    assert plain.costs(small.mask)[0] < filled.costs(grown.mask)[0] <= limit
+    assert any(g.startswith("B-") for g in grown.added)  # a dropped block came back, with a group of its own
+    assert all(grown.mask[net.gate_names.index(g)] > small.mask[net.gate_names.index(g)] for g in grown.added)
+    for g in torch.nonzero(grown.mask == 0).flatten():  # no gate left out would still fit
+        trial = grown.mask.clone()
+        trial[g] = 1.0
+        trial = net.graph.prune(trial)
+        assert torch.equal(trial, grown.mask) or not filled.within_budget(trial)
+    with pytest.raises(ValueError, match="fill_budgets"):
+        SearchConfig(fill_budgets="yes")
+
+
 def test_a_checkpoint_resumes_bitwise_and_keys_of_removed_options_are_ignored(digits):
     x, y = next(batches(digits.train, 32))
 

@@ -426,6 +426,8 @@ ARCHITECTURE_EDITS = {
     "kept twice": (lambda d: d["kept"].append(d["kept"][0]), "'kept'.*twice"),
     "kept not a list": (_set("kept", "C-0_0-0_1"), "'kept'"),
     "dropped unknown gate": (_set("dropped", ["Z-1"]), "'dropped'"),
+    "added unknown gate": (_set("added", ["Z-1"]), "'added'"),
+    "added not a list": (_set("added", "Z-1"), "'added'"),
     "negative cost": (lambda d: d["cost"].update(flops=-1), "'cost'.*flops"),
     "infinite cost": (lambda d: d["cost"].update(flops=math.inf), "'cost'"),
     "cost as text": (lambda d: d["cost"].update(params="12k"), "'cost'"),
