@@ -16,8 +16,10 @@ written beside it and committed, so that every later run starts from the same ne
 The methods (`METHODS`), each from those weights, each at a FLOPs budget (`FlopCounterMode`, 2 FLOPs per
 multiply-add) of a share of the trained network's:
 
-* `bsnet`: `bsnet.fit` on the trained module, `width_groups=4` plus depth, 3 search epochs; `depth`: `width_groups=1`
-  (whole blocks only: it lands where whole blocks allow, its fraction reported).
+* `bsnet`: `bsnet.fit` on the trained module, `width_groups=4` plus depth, 3 search epochs, the found architecture
+  grown to spend the budget (search setting `fill_budgets`: its most probable absent gates added while the budget
+  holds); `depth`: the same with `width_groups=1` (whole blocks only: it lands where whole blocks allow, its fraction
+  reported).
 * `torch-pruning`: Torch-Pruning's group-norm method of its CIFAR benchmark without its optional sparsity-learning
   stage (`GroupNormPruner`, group magnitude importance with p=2, global pruning, 400 iterative steps without training
   between them), stopped at the first step within the budget.
@@ -232,6 +234,7 @@ class Meter:
     def __init__(self, n_train: int) -> None:
         self.n_train, self.trained, self.forward = n_train, 0, 0
         self.search_history: list[dict] | None = None  # bsnet's epoch records
+        self.filled: list[str] = []  # the gates bsnet's fill_budgets added to its found architecture
 
     @property
     def epochs(self) -> float:
@@ -379,11 +382,12 @@ def bsnet_fit(model: ResNet20, share: float, data: DataSplits, seed: int, meter:
     # validation batches: with no selection among candidates they would only monitor, and cost compute.
     variant, report = bsnet.fit(model, x, budgets=[f"{share:.0%}"],
                                 train=lambda epoch: meter.batches(data, seed, epoch, train=False),
-                                epochs=SEARCH_EPOCHS, finetune_epochs=0, lr=FT_LR, config=SearchConfig(seed=seed),
+                                epochs=SEARCH_EPOCHS, finetune_epochs=0, lr=FT_LR,
+                                config=SearchConfig(seed=seed, fill_budgets=True),
                                 width_groups=width_groups)
     searched = SEARCH_EPOCHS * (len(data.train) // BATCH) * BATCH
     meter.forward, meter.trained = meter.forward - searched, meter.trained + searched
-    meter.search_history = report.history
+    meter.search_history, meter.filled = report.history, report.architecture.added
     return variant
 
 
@@ -414,7 +418,7 @@ def run_method(method: str, share: float, seed: int, data: DataSplits, where: Pa
               "val_acc_before_finetune": before_ft, "val_acc": accuracy(net, batches(data.val, 500)),
               "test_acc": accuracy(net, batches(data.test, 500)), "epochs": meter.epochs, "search": search,
               "finetune": ft, "cpu_s": search["cpu_s"] + ft["cpu_s"], "threads": torch.get_num_threads(),
-              "history": meter.search_history, "machine": machine_info(),
+              "history": meter.search_history, "filled": meter.filled, "machine": machine_info(),
               # the budget band of the protocol, by FlopCounterMode whatever counter the method steered by
               "in_band": 0.95 * share <= flops(net) / flops(model) <= share,
               "over_compute": meter.epochs > TOTAL_EPOCHS + 1e-9}
