@@ -18,8 +18,8 @@ multiply-add) of a share of the trained network's:
 
 * `bsnet`: `bsnet.fit` on the trained module, `width_groups=4` plus depth, 3 search epochs, the found architecture
   grown to spend the budget (search setting `fill_budgets`: its most probable absent gates added while the budget
-  holds); `depth`: the same with `width_groups=1` (whole blocks only: it lands where whole blocks allow, its fraction
-  reported).
+  holds, then kept gates exchanged for costlier ones); `depth`: the same with `width_groups=1` (whole blocks only: it
+  lands where whole blocks allow, its fraction reported).
 * `torch-pruning`: Torch-Pruning's group-norm method of its CIFAR benchmark without its optional sparsity-learning
   stage (`GroupNormPruner`, group magnitude importance with p=2, global pruning, 400 iterative steps without training
   between them), stopped at the first step within the budget.
@@ -235,6 +235,7 @@ class Meter:
         self.n_train, self.trained, self.forward = n_train, 0, 0
         self.search_history: list[dict] | None = None  # bsnet's epoch records
         self.filled: list[str] = []  # the gates bsnet's fill_budgets added to its found architecture
+        self.exchanged: list[str] = []  # and those it took out for costlier ones
 
     @property
     def epochs(self) -> float:
@@ -388,6 +389,7 @@ def bsnet_fit(model: ResNet20, share: float, data: DataSplits, seed: int, meter:
     searched = SEARCH_EPOCHS * (len(data.train) // BATCH) * BATCH
     meter.forward, meter.trained = meter.forward - searched, meter.trained + searched
     meter.search_history, meter.filled = report.history, report.architecture.added
+    meter.exchanged = report.architecture.exchanged
     return variant
 
 
@@ -418,7 +420,8 @@ def run_method(method: str, share: float, seed: int, data: DataSplits, where: Pa
               "val_acc_before_finetune": before_ft, "val_acc": accuracy(net, batches(data.val, 500)),
               "test_acc": accuracy(net, batches(data.test, 500)), "epochs": meter.epochs, "search": search,
               "finetune": ft, "cpu_s": search["cpu_s"] + ft["cpu_s"], "threads": torch.get_num_threads(),
-              "history": meter.search_history, "filled": meter.filled, "machine": machine_info(),
+              "history": meter.search_history, "filled": meter.filled,
+              "exchanged": meter.exchanged, "machine": machine_info(),
               # the budget band of the protocol, by FlopCounterMode whatever counter the method steered by
               "in_band": 0.95 * share <= flops(net) / flops(model) <= share,
               "over_compute": meter.epochs > TOTAL_EPOCHS + 1e-9}

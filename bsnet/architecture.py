@@ -47,6 +47,7 @@ class Architecture:
     projected: bool = False
     dropped: list[str] = field(default_factory=list)  # gates dropped by the projection onto the budgets
     added: list[str] = field(default_factory=list)  # gates added to spend the budgets (search setting fill_budgets)
+    exchanged: list[str] = field(default_factory=list)  # gates taken out for costlier ones while spending them
     cost: dict[str, float] = field(default_factory=dict)  # per example, absolute units
     budget: dict[str, float] = field(default_factory=dict)
     full_cost: dict[str, float] = field(default_factory=dict)
@@ -70,7 +71,8 @@ class Architecture:
                 recorded config the super network cannot be built from, or gates it does not have.
         """
         net = self._rebuild(supernet)
-        unknown = sorted((set(self.gates) | set(self.kept) | set(self.dropped) | set(self.added))
+        unknown = sorted((set(self.gates) | set(self.kept) | set(self.dropped) | set(self.added)
+                         | set(self.exchanged))
                          - set(net.gate_names))
         if unknown:
             raise ValueError(f"the architecture names gates its super network does not have: {unknown[:5]}")
@@ -129,8 +131,9 @@ class Architecture:
     @classmethod
     def from_dict(cls, doc: Any, source: str) -> "Architecture":
         """An Architecture from a decoded architecture.json (`source` names it in errors), every field checked:
-        types, probabilities in [0, 1], finite non-negative costs, kept, dropped and added gates among `gates`' names
-        (where it records none, as one built by hand may, `supernet_network` checks them against the network)."""
+        types, probabilities in [0, 1], finite non-negative costs, kept, dropped, added and exchanged gates among
+        `gates`' names (where it records none, as one built by hand may, `supernet_network` checks them against the
+        network)."""
         if not isinstance(doc, dict):
             raise ValueError(f"{source} is not an architecture file (a JSON object)")
         version = doc.get("format_version")
@@ -156,6 +159,7 @@ class Architecture:
                    gates=gates, kept=kept, projected=projected,
                    dropped=check.gate_list(doc.get("dropped", []), "dropped", gates),
                    added=check.gate_list(doc.get("added", []), "added", gates),
+                   exchanged=check.gate_list(doc.get("exchanged", []), "exchanged", gates),
                    metrics=check.metrics(doc.get("metrics", {}), gates), widths=check.widths(doc.get("widths", {})),
                    format_version=version,
                    bsnet_version=bsnet_version, **costs)

@@ -123,6 +123,7 @@ def found_architecture(run: SearchRun, outcome: Outcome, *, epochs: int, paralle
                         gates=dict(zip(net.gate_names, search.gates.probs().tolist())),
                         kept=kept_names(outcome.mask, net.gate_names), projected=outcome.found.projected and first,
                         dropped=outcome.found.dropped if first else [], added=outcome.found.added if first else [],
+                        exchanged=outcome.found.exchanged if first else [],
                         cost=all_costs(net, outcome.mask, extra, parallel_workers),
                         budget=dict(zip(run.cost_names, search.limits)),
                         full_cost=all_costs(net, net.full_mask(), extra, parallel_workers),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ class Found:
     dropped: list[str] = field(default_factory=list)
     repaired: bool = False  # the most probable mask was disconnected: the most probable connected one is used
     added: list[str] = field(default_factory=list)  # gates `fill` added to spend the budgets
+    exchanged: list[str] = field(default_factory=list)  # gates `fill` took out for costlier ones
 
 
 def _limits(limits: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -125,30 +126,69 @@ def project(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: Costs
     return mask
 
 
+def _additions(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
+    """[T, G] the distinct pruned masks `mask` grows into by one addition: one absent gate, or two gates that each
+    stay dead alone (a width group of a dropped block lives only with the block's own gate, so gates added one at a
+    time never bring a block back)."""
+    absent = torch.nonzero(mask == 0).flatten()
+    singles = graph.prune(mask + F.one_hot(absent, len(mask)).to(mask.dtype))  # [A, G]
+    dead = absent[~(singles > mask).any(1)]  # gates that stay dead alone: pairs of them may live
+    pairs = torch.combinations(dead, 2)
+    both = mask.repeat(len(pairs), 1)
+    both[torch.arange(len(pairs)).unsqueeze(1), pairs] = 1.0
+    trials = torch.cat([singles, graph.prune(both)])
+    return torch.unique(trials[(trials > mask).any(1)], dim=0)  # only what grew, once: the costs are the work
+
+
+def _exchanges(graph: Graph, mask: torch.Tensor) -> Iterator[torch.Tensor]:
+    """For each kept gate of `mask`, [T, G] the connected masks with it out (and what its removal prunes) and one
+    addition in: one batch per gate, so that memory stays that of one gate's additions."""
+    for g in torch.nonzero(mask).flatten():
+        trials = _additions(graph, graph.prune(mask * (1 - F.one_hot(g, len(mask)).to(mask.dtype))))
+        yield trials[graph.connected(trials)]
+
+
+def _best(trials: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor, costs: CostsFn,
+          limits: Sequence[float] | torch.Tensor, above: float | None = None
+          ) -> tuple[float, torch.Tensor, float] | None:
+    """(gain, trial, its spent share) of the trial that fits every budget (and, given `above`, spends more than it:
+    costs summed as shares of their limits) with the largest summed logit of the gates it switches (on minus off);
+    None if none qualifies."""
+    if len(trials) == 0:
+        return None
+    cost = costs(trials)
+    shares = (cost / _limits(limits)).sum(0)
+    ok = meets_budgets(cost, limits)
+    if above is not None:
+        ok &= shares > above * (1 + 1e-9)
+    if not bool(ok.any()):
+        return None
+    gain = torch.where(ok, ((trials - mask) * logits).sum(1), torch.tensor(-math.inf))
+    i = int(torch.argmax(gain))
+    return float(gain[i]), trials[i], float(shares[i])
+
+
 @torch.no_grad()
 def fill(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: CostsFn,
          limits: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """`mask` (connected, pruned, within the budgets) grown while every budget holds: each step adds the most
-    probable addition that fits, the one whose added gates have the largest summed logit. An addition is one absent
-    gate, or two gates that each stay dead alone: a width group of a dropped block lives only with the block's own
-    gate, so gates added one at a time never bring a block back."""
+    probable addition that fits (`_additions`), the one whose added gates have the largest summed logit. When none
+    fits, the most probable exchange (`_exchanges`: a kept gate out, an addition in) that fits and spends more of the
+    budgets than every mask before it (summed as shares of their limits: so the fill ends, whatever the cost) is
+    taken, and filling goes on. Gates come in coarse steps of a few sizes (on a ResNet a width group of a stage's
+    first block costs three quarters of one of the others), so additions alone can stop short of the budget by
+    nearly a step."""
     mask = mask.clone()
+    spent = float((costs(mask.unsqueeze(0)) / _limits(limits)).sum())
     while True:
-        absent = torch.nonzero(mask == 0).flatten()
-        singles = graph.prune(mask + F.one_hot(absent, len(mask)).to(mask.dtype))  # [A, G]
-        dead = absent[~(singles > mask).any(1)]  # gates that stay dead alone: pairs of them may live
-        pairs = torch.combinations(dead, 2)
-        both = mask.repeat(len(pairs), 1)
-        both[torch.arange(len(pairs)).unsqueeze(1), pairs] = 1.0
-        trials = torch.cat([singles, graph.prune(both)])
-        trials = torch.unique(trials[(trials > mask).any(1)], dim=0)  # only what grew, once: the costs are the work
-        if len(trials) == 0:
+        step = _best(_additions(graph, mask), mask, logits, costs, limits)  # an addition keeps a mask connected
+        if step is None:
+            exchanges = (_best(t, mask, logits, costs, limits, above=spent) for t in _exchanges(graph, mask))
+            step = max((e for e in exchanges if e is not None), key=lambda e: e[0], default=None)
+        if step is None:
             return mask
-        fits = meets_budgets(costs(trials), limits)  # adding gates keeps a mask connected: no check needed
-        if not bool(fits.any()):
-            return mask
-        gain = ((trials - mask) * logits).sum(1)
-        mask = trials[int(torch.argmax(torch.where(fits, gain, torch.full_like(gain, -math.inf))))]
+        _, mask, share = step
+        spent = max(spent, share)
 
 
 @torch.no_grad()
@@ -165,6 +205,7 @@ def find_architecture(graph: Graph, logits: torch.Tensor, costs: CostsFn, limits
     if fill_budgets and within_budget(projected, costs, limits):
         result.mask = fill(graph, projected, logits, costs, limits)
         result.added = [names[g] for g in range(len(start)) if result.mask[g] > projected[g]]
+        result.exchanged = [names[g] for g in range(len(start)) if result.mask[g] < projected[g]]
     return result
 
 

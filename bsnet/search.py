@@ -10,6 +10,7 @@ The trainer does no printing and no file I/O: `bsnet.pipeline` runs it and write
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -56,8 +57,9 @@ class SearchConfig:
     # Adaptive λ only: a lower bound E[C_j(H)] >= floor · b_j with its own multiplier (0: none); without it,
     # CIFAR-10 searches ended at 60-70% of the budget (see bsnet.multipliers).
     budget_floor: float = 0.9
-    # The found architecture grown, most probable gates first, while every budget holds (bsnet.projection.fill):
-    # for a budget to be spent rather than stayed under, as when fitting a trained model to it.
+    # The found architecture grown, most probable gates first, while every budget holds, then kept gates exchanged
+    # for costlier ones (bsnet.projection.fill): for a budget to be spent rather than stayed under, as when fitting
+    # a trained model to it.
     fill_budgets: bool = False
     max_nonfinite_steps: int = 10  # NaN/inf losses in a row before the search stops (each such step is skipped)
 
@@ -152,6 +154,9 @@ class BudgetedSearch:
         self.steps = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_steps = 0
+        # found()'s last answer, with what it was worked out from (the settings, then the logits): the last epoch's
+        # record, the outcome and the candidates all ask for the same one, and filling the budgets is the costly part
+        self._found: tuple[tuple, torch.Tensor, Found] | None = None
 
     # ---- one step -------------------------------------------------------------------------------
     def _costs(self, masks: torch.Tensor) -> torch.Tensor:
@@ -263,15 +268,21 @@ class BudgetedSearch:
         """The most probable architecture, pruned, made connected, projected onto the budgets and, with the setting
         `fill_budgets`, grown to spend them (`bsnet.projection.find_architecture`; BudgetError if no connected
         architecture meets every budget)."""
+        logits = self.gates.logits.detach().cpu()
+        key = (project, self.config.fill_budgets, tuple(self.limits))
+        if self._found is not None and self._found[0] == key and torch.equal(self._found[1], logits):
+            return copy.deepcopy(self._found[2])
         cheapest = (c[1] for c in (b.cost.cheapest(self.net) for b in self.budgets) if c is not None)
         try:
-            return projection.find_architecture(self.net.graph, self.gates.logits.detach().cpu(), self._costs,
-                                                self.limits, project_onto_budgets=project,
-                                                fill_budgets=project and self.config.fill_budgets, paths=cheapest)
+            found = projection.find_architecture(self.net.graph, logits, self._costs, self.limits,
+                                                 project_onto_budgets=project,
+                                                 fill_budgets=project and self.config.fill_budgets, paths=cheapest)
         except BudgetError:
             raise BudgetError("no connected architecture meets every budget: " +
                               ", ".join(f"{b} ({limit:.4g} {b.cost.unit})"
                                         for b, limit in zip(self.budgets, self.limits))) from None
+        self._found = (key, logits.clone(), found)
+        return copy.deepcopy(found)
 
     def candidates(self, k: int, temperature: float = 3.0, low: float = 0.8, draws: int = 5000) -> list[torch.Tensor]:
         """Architectures to choose among by training each briefly and comparing them on validation data: the found

@@ -21,6 +21,12 @@ def _fmt(value: float, unit: str = "") -> str:
     return f"{value:.4g}"
 
 
+def _gates(names: list[str], most: int | None = None) -> str:
+    """Gate names as a list line, the first `most` of them where given."""
+    shown = names if most is None else names[:most]
+    return ", ".join(shown) + (" ..." if len(shown) < len(names) else "")
+
+
 def _budget(arch: Architecture, cost: str) -> str:
     """A budget's cell: `<= value`, or `> full` where the full network already meets it (a budget such as
     params=1e99 constrains nothing, and would print as `<= 1e+90G`)."""
@@ -62,11 +68,10 @@ def print_summary(arch: Architecture, run_dir: Path) -> None:
     if "selection" in m:
         print(_selection_line(m))
     if arch.projected:
-        print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s): "
-              + ", ".join(arch.dropped[:8]) + (" ..." if len(arch.dropped) > 8 else ""))
-    if arch.added:
-        print(f"filled to the budget: added {len(arch.added)} gate(s): "
-              + ", ".join(arch.added[:8]) + (" ..." if len(arch.added) > 8 else ""))
+        print(f"projected onto the budget: dropped {len(arch.dropped)} gate(s): {_gates(arch.dropped, 8)}")
+    if arch.added or arch.exchanged:
+        print(f"filled to the budget: added {len(arch.added)} gate(s): {_gates(arch.added, 8)}"
+              + (f"; took out {len(arch.exchanged)}: {_gates(arch.exchanged, 8)}" if arch.exchanged else ""))
     print(f"run directory: {run_dir}")
 
 
@@ -114,9 +119,10 @@ def show_lines(arch: Architecture) -> list[Any]:
     if "selection" in m:
         lines.append(_selection_line(m))
     if arch.projected:
-        lines.append(f"projected: dropped {', '.join(arch.dropped)}")
-    if arch.added:
-        lines.append(f"filled to the budget: added {', '.join(arch.added)}")
+        lines.append(f"projected: dropped {_gates(arch.dropped)}")
+    if arch.added or arch.exchanged:
+        lines.append(f"filled to the budget: added {_gates(arch.added)}"
+                     + (f"; took out {_gates(arch.exchanged)}" if arch.exchanged else ""))
     if arch.widths:
         lines.append("kept widths: " + ", ".join(f"{n} {k}/{a} ch" for n, (k, a) in arch.widths.items()))
     lines.append("kept gates: " + ", ".join(arch.kept))

@@ -67,6 +67,7 @@ def test_resume_conflicts_name_the_changed_option():
 
 def test_the_summary_fits_80_columns_without_wrapping(tmp_path, monkeypatch, capsys):
     arch = Architecture("cnf", {}, {"g": 0.9}, ["g"], projected=True, dropped=["h"], added=["g"],
+                        exchanged=["e"],
                         cost={"flops": 1.45e5, "params": 1.14e4, "parallel": 9.0, "latency": 1.2e-3},
                         budget={"flops": 1.49e5, "latency": 2e-3},
                         full_cost={"flops": 4.96e5, "params": 1.56e4, "parallel": 9.0, "latency": 3e-3},
@@ -78,6 +79,6 @@ def test_the_summary_fits_80_columns_without_wrapping(tmp_path, monkeypatch, cap
     lines = out.getvalue().splitlines()
     labels = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
     assert labels == ["found (projected)", "search weights", "budget", "full network", "found / full"]
-    assert "filled to the budget: added 1 gate(s): g" in capsys.readouterr().out.splitlines()
-    assert "filled to the budget: added g" in show_lines(arch)
+    assert "filled to the budget: added 1 gate(s): g; took out 1: e" in capsys.readouterr().out.splitlines()
+    assert "filled to the budget: added g; took out e" in show_lines(arch)
     assert max(map(len, lines)) <= 80

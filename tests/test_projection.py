@@ -89,6 +89,23 @@ def test_fill_adds_the_most_probable_additions_that_fit_a_dead_gate_with_the_one
     assert torch.equal(found.mask, mask("b", "c", "d"))
 
 
+def test_fill_exchanges_a_kept_gate_for_a_costlier_addition_when_no_addition_fits():
+    graph, costs = paths(), linear(torch.tensor([2.0, 0.75, 0.75, 1.0], dtype=torch.float64))
+    logits = torch.tensor([2.0, -1.0, -1.0, 1.0])  # the mode {a, d} costs 3; the pair b, c 1.5 more
+    # at 3.6 the pair does not fit beside a and d; with d out for it the network costs 3.5: more of the budget
+    found = find_architecture(graph, logits, costs, [3.6], fill_budgets=True)
+    assert torch.equal(found.mask, mask("a", "b", "c")) and found.added == ["b", "c"] and found.exchanged == ["d"]
+    assert not found.projected and found.dropped == []
+    connected = [m for m in (graph.prune(torch.tensor([float(b) for b in f"{i:04b}"])) for i in range(16))
+                 if bool(graph.connected(m.unsqueeze(0))[0])]
+    for limit in (3.0, 3.2, 3.6, 4.0, 4.5):  # here the fill ends on the costliest network within the budget
+        filled = fill(graph, mask("a", "d"), logits, costs, [limit])
+        best = max(float(costs(m.unsqueeze(0))[0, 0]) for m in connected if float(costs(m.unsqueeze(0))[0, 0]) <= limit)
+        assert float(costs(filled.unsqueeze(0))[0, 0]) == best
+    # nothing that spends no more is taken: at 3.2 the exchange's 3.5 does not fit, {a, d} stays
+    assert find_architecture(graph, logits, costs, [3.2], fill_budgets=True).exchanged == []
+
+
 def test_fallback_starts_from_a_given_path_when_the_most_probable_is_over_budget():
     graph, costs = paths(), linear(FLOPS)
     logits = torch.tensor([3.0, -1.0, -1.0, -1.0])

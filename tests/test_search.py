@@ -196,6 +196,24 @@ def test_fill_budgets_brings_thinned_and_dropped_blocks_back_while_the_budget_ho
         SearchConfig(fill_budgets="yes")
 
 
+def test_found_is_worked_out_once_per_state_of_the_gates(monkeypatch):
+    net = bsnet.create_supernet("resnet_fabric", blocks=1, channels=[8, 16], image_size=8, in_channels=1,
+                                num_classes=10, width_groups=2)
+    search = BudgetedSearch(net, [parse_budget("60%")], SearchConfig(fill_budgets=True))
+    calls = []
+    real = bsnet.projection.find_architecture
+    monkeypatch.setattr(bsnet.projection, "find_architecture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = search.found()
+    first.mask.zero_()  # what a caller does with its copy stays with it
+    again = search.found()
+    assert len(calls) == 1 and again.mask.sum() > 0 and search.within_budget(again.mask)
+    search.found(project=False)
+    with torch.no_grad():
+        search.gates.logits[0] += 1.0
+    search.found()
+    assert len(calls) == 3
+
+
 def test_a_checkpoint_resumes_bitwise_and_keys_of_removed_options_are_ignored(digits):
     x, y = next(batches(digits.train, 32))
 

@@ -428,6 +428,7 @@ ARCHITECTURE_EDITS = {
     "dropped unknown gate": (_set("dropped", ["Z-1"]), "'dropped'"),
     "added unknown gate": (_set("added", ["Z-1"]), "'added'"),
     "added not a list": (_set("added", "Z-1"), "'added'"),
+    "exchanged unknown gate": (_set("exchanged", ["Z-1"]), "'exchanged'"),
     "negative cost": (lambda d: d["cost"].update(flops=-1), "'cost'.*flops"),
     "infinite cost": (lambda d: d["cost"].update(flops=math.inf), "'cost'"),
     "cost as text": (lambda d: d["cost"].update(params="12k"), "'cost'"),
@@ -512,6 +513,8 @@ def test_an_architecture_without_metrics_shows(run, capsys):
 
 def test_a_written_architecture_reads_back_equal(run):
     arch = bsnet.Architecture.from_json(run)
+    arch.added, arch.exchanged = arch.kept[:1], [g for g in arch.gates if g not in arch.kept][:1]
+    assert arch.added and arch.exchanged
     arch.to_json(run / "again.json")
     assert bsnet.Architecture.from_json(run / "again.json") == arch
 
