@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from bsnet.architecture import kept_names
 from bsnet.graph import Graph
 
 CostsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -201,11 +202,11 @@ def find_architecture(graph: Graph, logits: torch.Tensor, costs: CostsFn, limits
     projected = project(graph, start, logits, costs, limits, paths) if project_onto_budgets else start
     names = graph.gate_names
     result = Found(projected, projected=not torch.equal(projected, start), repaired=repaired,
-                   dropped=[names[g] for g in range(len(start)) if start[g] > projected[g]])
+                   dropped=kept_names(start > projected, names))
     if fill_budgets and within_budget(projected, costs, limits):
         result.mask = fill(graph, projected, logits, costs, limits)
-        result.added = [names[g] for g in range(len(start)) if result.mask[g] > projected[g]]
-        result.exchanged = [names[g] for g in range(len(start)) if result.mask[g] < projected[g]]
+        result.added = kept_names(result.mask > projected, names)
+        result.exchanged = kept_names(result.mask < projected, names)
     return result
 
 
