@@ -41,6 +41,7 @@ before its fine-tune (`over_compute`).
 Run (from the repository root):
 
     .venv/bin/python benchmarks/pretrained.py train --threads 2            # once: ~60 min on 2 cores; resumable
+    .venv/bin/python benchmarks/pretrained.py train --device cuda --epochs N   # the same recipe on a GPU
     .venv/bin/python benchmarks/pretrained.py part --share 0.5 --seed 0 --methods bsnet torch-pruning --threads 2
     .venv/bin/python benchmarks/pretrained.py table --threads 2            # latency side by side, table, plot
 
@@ -155,10 +156,11 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(data: DataSplits, epochs: int) -> dict:
-    """Train `ResNet20` with the recipe, continuing from the checkpoint when there is one; returns the log."""
+def train(data: DataSplits, epochs: int, device: str = "cpu") -> dict:
+    """Train `ResNet20` with the recipe on `device`, continuing from the checkpoint when there is one; returns the
+    result."""
     torch.manual_seed(SEED)
-    model = ResNet20()
+    model = ResNet20().to(device)  # initialised on the CPU's generator whatever the device
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True)
     steps = num_batches(data.train, BATCH) * epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -180,7 +182,8 @@ def train(data: DataSplits, epochs: int) -> dict:
         model.train()
         loss_sum = hits = n = 0.0
         for x, y in batches(data.train, BATCH, shuffle=True, generator=g):
-            x, y = data.augment(x, y, g)
+            x, y = data.augment(x, y, g)  # on the CPU, from the epoch's generator
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
             loss = F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
@@ -191,19 +194,19 @@ def train(data: DataSplits, epochs: int) -> dict:
             hits += float((out.argmax(1) == y).sum())
             n += len(y)
         train_s = time.perf_counter() - t
-        val = accuracy(model, batches(data.val, 500))
+        val = accuracy(model, batches(data.val, 500), device)
         log.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": hits / n, "val_acc": val,
                     "lr_end": opt.param_groups[0]["lr"], "train_s": train_s,
                     "cpu_s": time.process_time() - c, "threads": torch.get_num_threads()})
         _atomic_save({"epochs": epochs, "model": model.state_dict(), "optimizer": opt.state_dict(),
                       "schedule": sched.state_dict(), "log": log}, CHECKPOINT)
         print(json.dumps(log[-1]), file=sys.stderr, flush=True)
-    test = accuracy(model, batches(data.test, 500))
+    test = accuracy(model, batches(data.test, 500), device)
     tmp = WEIGHTS.with_name(WEIGHTS.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, WEIGHTS)
     result = {"test_acc": test, "val_acc": log[-1]["val_acc"], "epochs": epochs,
-              "train_s": sum(r["train_s"] for r in log), "machine": machine_info()}
+              "train_s": sum(r["train_s"] for r in log), "machine": machine_info(device)}
     TRAIN_LOG.write_text("".join(json.dumps(r) + "\n" for r in log + [result]))
     print(f"pretrained.resnet20.test_acc={test:.4f}\nwritten: {WEIGHTS}, {TRAIN_LOG}", flush=True)
     return result
@@ -581,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the ResNet-20 once (resumable)")
     p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the recipe is the same")
     q = sub.add_parser("part", help="run methods at budget shares and seed indices (finished ones are kept)")
     q.add_argument("--share", type=float, nargs="+", default=list(SHARES), help="FLOPs budgets, shares of the model's")
     q.add_argument("--seed", type=int, nargs="+", default=[0, 1, 2], help="seed indices")
@@ -602,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         if args.epochs < 1:
             parser.error("--epochs must be >= 1")
-        train(cifar_splits(args.data_dir), args.epochs)
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available here")
+        train(cifar_splits(args.data_dir), args.epochs, args.device)
     elif args.command == "part":
         data = cifar_splits(args.data_dir)
         if args.quick:
