@@ -22,7 +22,8 @@ ResNet-8 and of ResNet-20 (the plain fabric's `resnet_mask`). One part = one bud
 training seeds, its standard error, and for random the mean k; the plain ResNets' and the depth-only search's rows
 come from `benchmarks/results/cifar10/` (today's records, for reference). A win is a mean of the per-index paired
 differences of at least 1.0 point and more than twice its standard error; anything less is a tie. Also per part:
-bsnet's search + selection wall time / one training of its pick (search cost ratio).
+bsnet's search + selection wall time / one training of its pick (search cost ratio). Parts run with
+`--search-config` (bsnet's search settings; random and uniform rerun beside it) get rows of their own, labelled.
 
     .venv/bin/python benchmarks/cifar10_width.py --budget-index 0 --seed-index 0   # ResNet-8 FLOPs, seed index 0
     .venv/bin/python benchmarks/cifar10_width.py --table
@@ -276,14 +277,52 @@ def candidate_params(parts: list[dict]) -> str:
             f"3-epoch val. acc. of bsnet's pick {picked}, of random's {best}")
 
 
-def finished_parts(results_dir: Path, budget: str = "resnet*") -> list[dict]:
-    """The finished parts in `results_dir` run with the default search: not a search alone, a ranking, or a variant."""
+def finished_parts(results_dir: Path, budget: str = "resnet*", variants: bool = False) -> list[dict]:
+    """The finished parts in `results_dir`: not a search alone or a ranking; run with the default search unless
+    `variants` (those run with `--search-config` too)."""
     return [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob(f"{budget}-seed*.json"))
-                        if not p.name.endswith(("-search.json", "-ranking.json"))) if not d.get("search_config")]
+                        if not p.name.endswith(("-search.json", "-ranking.json")))
+            if variants or not d.get("search_config")]
+
+
+def setting(part: dict) -> str:
+    """A part's search settings as the table labels its rows ('' for the default search)."""
+    return " ".join(f"{k}={v}" for k, v in (part.get("search_config") or {}).items())
+
+
+def method_rows(depth: int, mine: list[dict], variant: str, points: dict | None) -> list[str]:
+    """The table's rows of one budget's parts run with one search setting (`variant`, '' for the default); each
+    method's point goes to `points` where given (the plot shows the default search)."""
+    label = f" (parts with bsnet's {variant})" if variant else ""
+    lines = []
+    for m in METHODS:
+        have = [p for p in mine if m in p["networks"]]
+        if not have:
+            continue
+        accs = [p["networks"][m]["test_acc_mean"] for p in have]
+        se = statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
+        flops = statistics.fmean(p["networks"][m]["flops"] for p in have)
+        params = statistics.fmean(p["networks"][m]["params"] for p in have)
+        k = f"{statistics.fmean(p['networks'][m]['k'] for p in have):.1f}" if m == "random" else ""
+        vs = ""
+        if m != "bsnet":
+            d, s, verdict = win([p["networks"]["bsnet"]["test_acc_mean"] - p["networks"][m]["test_acc_mean"]
+                                 for p in have])
+            vs = f"{100 * d:+.2f} ± {100 * s:.2f}: {verdict}"
+        lines.append(f"| ResNet-{depth} ({mine[0]['budget_flops'] / 1e6:.1f} M) | {m}{label} | {flops / 1e6:.1f} | "
+                     f"{params / 1e3:.1f} | {100 * statistics.fmean(accs):.2f} ± {100 * se:.2f} "
+                     f"({len(accs)}) | {k} | {vs} |")
+        if points is not None:
+            points.setdefault(m, []).append((flops / 1e6, 100 * statistics.fmean(accs)))
+    ratios = [p["networks"]["bsnet"]["search_cost_ratio"] for p in mine]
+    lines.append(f"| ResNet-{depth} | search cost ratio{label} (search + selection ÷ one training) | | | "
+                 f"{statistics.fmean(ratios):.2f} | | |")
+    lines.append(f"| ResNet-{depth} | {candidate_params(mine)}{label} | | | | | |")
+    return lines
 
 
 def table(results_dir: Path) -> int:
-    parts = finished_parts(results_dir)
+    parts = finished_parts(results_dir, variants=True)
     if not parts:
         print(f"error: no finished part in {results_dir}", file=sys.stderr)
         return 2
@@ -291,31 +330,11 @@ def table(results_dir: Path) -> int:
              "|---|---|---|---|---|---|---|"]
     points: dict[str, list[tuple[float, float]]] = {}
     for depth in DEPTHS:
-        mine = sorted((p for p in parts if p["depth"] == depth), key=lambda p: p["seed_index"])
-        if not mine:
-            continue
-        for m in METHODS:
-            have = [p for p in mine if m in p["networks"]]
-            if not have:
-                continue
-            accs = [p["networks"][m]["test_acc_mean"] for p in have]
-            se = statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
-            flops = statistics.fmean(p["networks"][m]["flops"] for p in have)
-            params = statistics.fmean(p["networks"][m]["params"] for p in have)
-            k = f"{statistics.fmean(p['networks'][m]['k'] for p in have):.1f}" if m == "random" else ""
-            vs = ""
-            if m != "bsnet":
-                d, s, verdict = win([p["networks"]["bsnet"]["test_acc_mean"] - p["networks"][m]["test_acc_mean"]
-                                     for p in have])
-                vs = f"{100 * d:+.2f} ± {100 * s:.2f}: {verdict}"
-            lines.append(f"| ResNet-{depth} ({mine[0]['budget_flops'] / 1e6:.1f} M) | {m} | {flops / 1e6:.1f} | "
-                         f"{params / 1e3:.1f} | {100 * statistics.fmean(accs):.2f} ± {100 * se:.2f} "
-                         f"({len(accs)}) | {k} | {vs} |")
-            points.setdefault(m, []).append((flops / 1e6, 100 * statistics.fmean(accs)))
-        ratios = [p["networks"]["bsnet"]["search_cost_ratio"] for p in mine]
-        lines.append(f"| ResNet-{depth} | search cost ratio (search + selection ÷ one training) | | | "
-                     f"{statistics.fmean(ratios):.2f} | | |")
-        lines.append(f"| ResNet-{depth} | {candidate_params(mine)} | | | | | |")
+        # the default search's parts first, then each variant's (its random and uniform rerun beside it)
+        for variant in sorted({setting(p) for p in parts if p["depth"] == depth}):
+            mine = sorted((p for p in parts if p["depth"] == depth and setting(p) == variant),
+                          key=lambda p: p["seed_index"])
+            lines += method_rows(depth, mine, variant, None if variant else points)
     for depth in DEPTHS:  # today's records, for reference
         record = RESULTS / "cifar10" / f"resnet{depth}.json"
         if record.is_file():
