@@ -121,6 +121,9 @@ class Protocol:
 
 
 FULL = Protocol()
+# The records were made before `fill_budgets` was on by default: the search as they ran it, so the commands
+# reproduce them (cifar10_width.py's parts measure it on).
+RECORDED_SEARCH = {"fill_budgets": False}
 QUICK = Protocol(n_train=512, n_val=200, n_test=500, epochs=1, search_epochs=1, selection_epochs=1, monitor_val=100)
 
 
@@ -373,8 +376,8 @@ def run_part(depth: int, proto: Protocol, data: DataSplits, emit: Callable[[str,
         return train_recipe(module, data, proto, seed, kind, device)
 
     # bsnet: search, then retrain the found architecture from scratch with the recipe.
-    net, limit, search = budgeted_search(depth, proto, data, SearchConfig(seed=proto.seeds[0]), proto.search_epochs,
-                                         device)
+    config = SearchConfig(seed=proto.seeds[0], **RECORDED_SEARCH)
+    net, limit, search = budgeted_search(depth, proto, data, config, proto.search_epochs, device)
     full = float(bsnet.FlopsCost()(net, net.full_mask()))
     emit("budget_flops", f"{limit:.0f}")
     emit("budget_fraction_of_fabric", f"{limit / full:.3f}")
@@ -530,8 +533,8 @@ def check_search(depth: int, proto: Protocol, data: DataSplits, record: Path, em
                  device: str, select: int, temperature: float) -> int:
     """The part's search alone: whether it finds the architecture and candidates its record holds (exit 1 if not)."""
     rec = json.loads(record.read_text())["networks"]["bsnet"]
-    net, _, search = budgeted_search(depth, proto, data, SearchConfig(seed=proto.seeds[0]), proto.search_epochs,
-                                     device)
+    config = SearchConfig(seed=proto.seeds[0], **RECORDED_SEARCH)
+    net, _, search = budgeted_search(depth, proto, data, config, proto.search_epochs, device)
     search_epochs(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
     found = kept_names(search.found().mask, net.gate_names)
     candidates = [kept_names(m, net.gate_names) for m in search.candidates(select, temperature)]

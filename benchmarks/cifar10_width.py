@@ -279,15 +279,17 @@ def candidate_params(parts: list[dict]) -> str:
 
 def finished_parts(results_dir: Path, budget: str = "resnet*", variants: bool = False) -> list[dict]:
     """The finished parts in `results_dir`: not a search alone or a ranking; run with the default search unless
-    `variants` (those run with `--search-config` too)."""
+    `variants` (those run with other search settings too)."""
     return [d for d in (json.loads(p.read_text()) for p in sorted(results_dir.glob(f"{budget}-seed*.json"))
                         if not p.name.endswith(("-search.json", "-ranking.json")))
-            if variants or not d.get("search_config")]
+            if variants or not setting(d)]
 
 
 def setting(part: dict) -> str:
-    """A part's search settings as the table labels its rows ('' for the default search)."""
-    return " ".join(f"{k}={v}" for k, v in (part.get("search_config") or {}).items())
+    """A part's search settings that differ from today's defaults, as the table labels its rows ('' for the default
+    search). Parts run before a default changed record the old value (`fill_budgets: false`)."""
+    default = SearchConfig()
+    return " ".join(f"{k}={v}" for k, v in (part.get("search_config") or {}).items() if getattr(default, k) != v)
 
 
 def method_rows(depth: int, mine: list[dict], variant: str, points: dict | None) -> list[str]:

@@ -180,7 +180,9 @@ def run_budget(fraction: float, proto: OwnProtocol, data: DataSplits, use_cache:
     net = bsnet.from_model(copy.deepcopy(model), x)
     steps = num_batches(data.train, proto.batch_size, drop_last=True)
     search = BudgetedSearch(net, [Budget(cost, fraction, relative=True)],
-                            SearchConfig(seed=proto.seeds[0], lr=proto.search_lr), steps_per_epoch=steps,
+                            # fill_budgets off: as the records were made, before it was on by default
+                            SearchConfig(seed=proto.seeds[0], lr=proto.search_lr, fill_budgets=False),
+                            steps_per_epoch=steps,
                             epochs=proto.search_epochs)
     s = common.search_epochs(search, data, proto.search_epochs, proto.batch_size, proto.seeds[0], emit)
     found = search.found()
