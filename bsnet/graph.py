@@ -322,6 +322,41 @@ class Graph:
         t = torch.from_numpy(out)
         return t[0] if single else t
 
+    def paths_through(self, gate_cost: Sequence[float]) -> torch.Tensor:
+        """[G, G]: row g keeps the cheapest input→output path through one of gate g's edges, for non-negative gate
+        costs (a row of zeros where no path goes through gate g). One pass each way, whatever the number of gates."""
+        lay = self._lay
+        n, cost = len(lay.order), np.asarray(gate_cost, dtype=np.float64)
+        weight = np.where(lay.gate >= 0, cost[np.maximum(lay.gate, 0)], 0.0)
+        to, to_via = np.full(n, np.inf), np.full(n, -1, dtype=np.int64)  # from the input to each node
+        on, on_via = np.full(n, np.inf), np.full(n, -1, dtype=np.int64)  # from each node to the output
+        to[lay.index[self._input]] = on[lay.index[self._output]] = 0.0
+        for i in range(len(lay.src)):  # sorted by destination: sources are final when read
+            if to[lay.src[i]] + weight[i] < to[lay.dst[i]]:
+                to[lay.dst[i]], to_via[lay.dst[i]] = to[lay.src[i]] + weight[i], i
+        for i in range(len(lay.src) - 1, -1, -1):  # backwards: destinations are final when read
+            if on[lay.dst[i]] + weight[i] < on[lay.src[i]]:
+                on[lay.src[i]], on_via[lay.src[i]] = on[lay.dst[i]] + weight[i], i
+        total = to[lay.src] + weight + on[lay.dst]  # [E] the cheapest path through each edge
+        out = torch.zeros(self.num_gates, self.num_gates)
+        for g in range(self.num_gates):
+            edges = np.nonzero(lay.gate == g)[0]
+            if len(edges) == 0 or not np.isfinite(total[edges].min()):
+                continue
+            e = edges[np.argmin(total[edges])]
+            path = [e]
+            node = lay.src[e]
+            while to_via[node] >= 0:
+                path.append(to_via[node])
+                node = lay.src[to_via[node]]
+            node = lay.dst[e]
+            while on_via[node] >= 0:
+                path.append(on_via[node])
+                node = lay.dst[on_via[node]]
+            gates = lay.gate[path]
+            out[g, gates[gates >= 0]] = 1.0
+        return out
+
     def shortest_path(self, node_cost: Sequence[float] | None = None,
                       gate_cost: Sequence[float] | None = None) -> tuple[float, torch.Tensor]:
         """Cheapest input→output path for non-negative node and gate costs: its cost and the mask keeping it.

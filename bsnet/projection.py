@@ -127,25 +127,35 @@ def project(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: Costs
     return mask
 
 
-def _additions(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
-    """[T, G] the distinct pruned masks `mask` grows into by one addition: one absent gate, or two gates that each
+def _additions(graph: Graph, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """[T, G] the distinct pruned masks `mask` grows into by one addition: one absent gate, two gates that each
     stay dead alone (a width group of a dropped block lives only with the block's own gate, so gates added one at a
-    time never bring a block back)."""
+    time never bring a block back), or, for each gate that stays dead alone, the most probable input→output path
+    through it (a block of a stage the mask bypasses lives only with the skips that lead back to it)."""
     absent = torch.nonzero(mask == 0).flatten()
     singles = graph.prune(mask + F.one_hot(absent, len(mask)).to(mask.dtype))  # [A, G]
     dead = absent[~(singles > mask).any(1)]  # gates that stay dead alone: pairs of them may live
     pairs = torch.combinations(dead, 2)
     both = mask.repeat(len(pairs), 1)
     both[torch.arange(len(pairs)).unsqueeze(1), pairs] = 1.0
-    trials = torch.cat([singles, graph.prune(both)])
+    trials = torch.cat([singles, graph.prune(both), _paths_through(graph, mask, logits, dead)])
     return torch.unique(trials[(trials > mask).any(1)], dim=0)  # only what grew, once: the costs are the work
 
 
-def _exchanges(graph: Graph, mask: torch.Tensor) -> Iterator[torch.Tensor]:
+def _paths_through(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """[P, G] for each of `gates` that an input→output path goes through, `mask` plus the path through it whose
+    other added gates are the most probable (a kept gate free, an absent one costing its -log p), pruned."""
+    price = torch.where(mask > 0, torch.zeros_like(logits), F.softplus(-logits))
+    paths = graph.paths_through(price.tolist())[gates]
+    paths = paths[paths[torch.arange(len(gates)), gates] > 0]
+    return graph.prune(torch.maximum(mask, paths))
+
+
+def _exchanges(graph: Graph, mask: torch.Tensor, logits: torch.Tensor) -> Iterator[torch.Tensor]:
     """For each kept gate of `mask`, [T, G] the connected masks with it out (and what its removal prunes) and one
     addition in: one batch per gate, so that memory stays that of one gate's additions."""
     for g in torch.nonzero(mask).flatten():
-        trials = _additions(graph, graph.prune(mask * (1 - F.one_hot(g, len(mask)).to(mask.dtype))))
+        trials = _additions(graph, graph.prune(mask * (1 - F.one_hot(g, len(mask)).to(mask.dtype))), logits)
         yield trials[graph.connected(trials)]
 
 
@@ -182,9 +192,9 @@ def fill(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: CostsFn,
     mask = mask.clone()
     spent = float((costs(mask.unsqueeze(0)) / _limits(limits)).sum())
     while True:
-        step = _best(_additions(graph, mask), mask, logits, costs, limits)  # an addition keeps a mask connected
+        step = _best(_additions(graph, mask, logits), mask, logits, costs, limits)  # it keeps a mask connected
         if step is None:
-            exchanges = (_best(t, mask, logits, costs, limits, above=spent) for t in _exchanges(graph, mask))
+            exchanges = (_best(t, mask, logits, costs, limits, above=spent) for t in _exchanges(graph, mask, logits))
             step = max((e for e in exchanges if e is not None), key=lambda e: e[0], default=None)
         if step is None:
             return mask

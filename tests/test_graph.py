@@ -167,6 +167,23 @@ def test_shortest_path():
     assert g.connected(mask)
 
 
+def test_paths_through_each_gate_are_the_cheapest_input_output_paths_that_use_it():
+    g = fork()
+    rows = g.paths_through([3.0, 1.0, 0.0])
+    assert rows.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]  # c's edge leads to a dead end: no path uses it
+    g = Graph("in", "out")  # two routes from m to out, through gate b or c, then on through d
+    for n in ("in", "m", "n", "out"):
+        g.add_node(n)
+    g.add_edge("in", "m", gate="a")
+    g.add_edge("m", "n", gate="b")
+    g.add_edge("m", "n", gate="c")
+    g.add_edge("n", "out", gate="d")
+    g.add_edge("in", "out", gate="e")
+    rows = g.paths_through([1.0, 2.0, 1.0, 1.0, 0.0])
+    assert rows.tolist() == [[1, 0, 1, 1, 0], [1, 1, 0, 1, 0], [1, 0, 1, 1, 0], [1, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
+    assert g.connected(rows).all()
+
+
 def test_shortest_path_without_a_path():
     g = Graph("in", "out")
     g.add_node("in")

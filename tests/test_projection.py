@@ -89,6 +89,23 @@ def test_fill_adds_the_most_probable_additions_that_fit_a_dead_gate_with_the_one
     assert torch.equal(found.mask, mask("b", "c", "d"))
 
 
+def test_fill_brings_back_a_chain_that_no_gate_or_pair_of_gates_revives_along_its_most_probable_path():
+    # in -a-> m -b or e-> n -c-> out beside d, in -> out: with d alone (a stage the mode bypasses) a, b, c and e each
+    # stay dead, and so does any pair of them: only a whole path through m and n lives.
+    graph = Graph("in", "out")
+    for n in ("in", "m", "n", "out"):
+        graph.add_node(n)
+    for src, dst, gate in (("in", "m", "a"), ("m", "n", "b"), ("n", "out", "c"), ("in", "out", "d"), ("m", "n", "e")):
+        graph.add_edge(src, dst, gate=gate)
+    graph.freeze()
+    costs, logits = linear(torch.ones(5, dtype=torch.float64)), torch.tensor([-1.0, -3.0, -1.0, 2.0, -1.0])
+    alone = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0])
+    assert torch.equal(fill(graph, alone, logits, costs, [4.0]), torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0]))  # via e
+    assert torch.equal(fill(graph, alone, logits, costs, [5.0]), torch.ones(5))  # then b fits beside it
+    assert torch.equal(fill(graph, alone, logits, costs, [3.0]), torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0]))  # for d
+    assert torch.equal(fill(graph, alone, logits, costs, [2.0]), alone)  # a path costs 3: none fits
+
+
 def test_fill_exchanges_a_kept_gate_for_a_costlier_addition_when_no_addition_fits():
     graph, costs = paths(), linear(torch.tensor([2.0, 0.75, 0.75, 1.0], dtype=torch.float64))
     logits = torch.tensor([2.0, -1.0, -1.0, 1.0])  # the mode {a, d} costs 3; the pair b, c 1.5 more
