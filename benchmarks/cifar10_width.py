@@ -22,8 +22,9 @@ ResNet-8 and of ResNet-20 (the plain fabric's `resnet_mask`). One part = one bud
 training seeds, its standard error, and for random the mean k; the plain ResNets' and the depth-only search's rows
 come from `benchmarks/results/cifar10/` (today's records, for reference). A win is a mean of the per-index paired
 differences of at least 1.0 point and more than twice its standard error; anything less is a tie. Also per part:
-bsnet's search + selection wall time / one training of its pick (search cost ratio). Parts run with
-`--search-config` (bsnet's search settings; random and uniform rerun beside it) get rows of their own, labelled.
+bsnet's search + selection wall time / one training of its pick (search cost ratio). Parts whose search settings
+differ from today's defaults (`--search-config`; random and uniform rerun beside it) get rows of their own, labelled;
+the parts run before `fill_budgets` was on by default record `fill_budgets: false`.
 
     .venv/bin/python benchmarks/cifar10_width.py --budget-index 0 --seed-index 0   # ResNet-8 FLOPs, seed index 0
     .venv/bin/python benchmarks/cifar10_width.py --table
