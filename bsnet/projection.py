@@ -127,18 +127,19 @@ def project(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: Costs
     return mask
 
 
-def _additions(graph: Graph, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+def _additions(graph: Graph, mask: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
     """[T, G] the distinct pruned masks `mask` grows into by one addition: one absent gate, two gates that each
     stay dead alone (a width group of a dropped block lives only with the block's own gate, so gates added one at a
-    time never bring a block back), or, for each gate that stays dead alone, the most probable input→output path
-    through it (a block of a stage the mask bypasses lives only with the skips that lead back to it)."""
+    time never bring a block back), or, given `logits`, for each gate that stays dead alone the most probable
+    input→output path through it (a block of a stage the mask bypasses lives only with the skips that lead to it)."""
     absent = torch.nonzero(mask == 0).flatten()
     singles = graph.prune(mask + F.one_hot(absent, len(mask)).to(mask.dtype))  # [A, G]
     dead = absent[~(singles > mask).any(1)]  # gates that stay dead alone: pairs of them may live
     pairs = torch.combinations(dead, 2)
     both = mask.repeat(len(pairs), 1)
     both[torch.arange(len(pairs)).unsqueeze(1), pairs] = 1.0
-    trials = torch.cat([singles, graph.prune(both), _paths_through(graph, mask, logits, dead)])
+    paths = [] if logits is None else [_paths_through(graph, mask, logits, dead)]
+    trials = torch.cat([singles, graph.prune(both), *paths])
     return torch.unique(trials[(trials > mask).any(1)], dim=0)  # only what grew, once: the costs are the work
 
 
@@ -151,11 +152,12 @@ def _paths_through(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, gates
     return graph.prune(torch.maximum(mask, paths))
 
 
-def _exchanges(graph: Graph, mask: torch.Tensor, logits: torch.Tensor) -> Iterator[torch.Tensor]:
+def _exchanges(graph: Graph, mask: torch.Tensor) -> Iterator[torch.Tensor]:
     """For each kept gate of `mask`, [T, G] the connected masks with it out (and what its removal prunes) and one
-    addition in: one batch per gate, so that memory stays that of one gate's additions."""
+    addition in, a gate or two (paths too would cost each found architecture seconds on a fabric): one batch per
+    gate, so that memory stays that of one gate's additions."""
     for g in torch.nonzero(mask).flatten():
-        trials = _additions(graph, graph.prune(mask * (1 - F.one_hot(g, len(mask)).to(mask.dtype))), logits)
+        trials = _additions(graph, graph.prune(mask * (1 - F.one_hot(g, len(mask)).to(mask.dtype))))
         yield trials[graph.connected(trials)]
 
 
@@ -194,7 +196,7 @@ def fill(graph: Graph, mask: torch.Tensor, logits: torch.Tensor, costs: CostsFn,
     while True:
         step = _best(_additions(graph, mask, logits), mask, logits, costs, limits)  # it keeps a mask connected
         if step is None:
-            exchanges = (_best(t, mask, logits, costs, limits, above=spent) for t in _exchanges(graph, mask, logits))
+            exchanges = (_best(t, mask, logits, costs, limits, above=spent) for t in _exchanges(graph, mask))
             step = max((e for e in exchanges if e is not None), key=lambda e: e[0], default=None)
         if step is None:
             return mask
