@@ -29,7 +29,7 @@ from torch import nn
 
 import bsnet
 from bsnet import distributed, rundir, runs
-from bsnet.architecture import Architecture
+from bsnet.architecture import Architecture, kept_names
 from bsnet.budgets import Budget, parse_budget
 from bsnet.config import ConfigError, RunConfig, read_config_file, typed
 from bsnet.costs import LatencyCost
@@ -196,8 +196,8 @@ VAL_BN_BATCHES = 20  # training batches that recompute BatchNorm statistics befo
 
 
 def epoch_record(run: SearchRun, epoch: int, stats: list[StepStats], seconds: float) -> dict[str, Any]:
-    """metrics.jsonl's line for an epoch: training figures, the most probable architecture's validation
-    accuracy (reduced over ranks) and costs, λ, the gates' entropy."""
+    """metrics.jsonl's line for an epoch: training figures, the architecture found at its end (its kept gates: when
+    the search settled on it), its validation accuracy (reduced over ranks) and costs, λ, the gates' entropy."""
     search, names = run.search, run.cost_names
     try:
         found = search.found()
@@ -222,6 +222,7 @@ def epoch_record(run: SearchRun, epoch: int, stats: list[StepStats], seconds: fl
             "expected_cost": dict(zip(names, search.expected_costs())),
             "sampled_cost": {nm: sum(s.costs[j] for s in stats) / len(stats) for j, nm in enumerate(names)},
             "mode_cost": dict(zip(names, search.costs(found.mask))),
+            "found": kept_names(found.mask, run.net.gate_names),
             "lambda": dict(zip(names, search.lambdas.tolist())), "entropy": search.mean_entropy(),
             "disconnected": sum(s.disconnected for s in stats) / len(stats),
             "skipped_steps": search.nonfinite_steps, "seconds": seconds}

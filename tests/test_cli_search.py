@@ -37,7 +37,8 @@ def test_search_writes_a_complete_run_directory(finished_run):
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [0, 1]
     assert {"train_loss", "train_acc", "val_acc", "expected_cost", "sampled_cost", "lambda", "entropy",
-            "disconnected"} <= set(metrics[0])
+            "disconnected", "found"} <= set(metrics[0])
+    assert all(m["found"] and set(m["found"]) <= set(arch["gates"]) for m in metrics)
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["supernet_config"]["layers"] == 3 and cfg["supernet_config"]["image_size"] == 8
 
