@@ -23,7 +23,8 @@ training seeds, its standard error, and for random the mean k; the plain ResNets
 come from `benchmarks/results/cifar10/` (today's records, for reference). A win is a mean of the per-index paired
 differences of at least 1.0 point and more than twice its standard error; anything less is a tie. Also per part:
 bsnet's search + selection wall time / one training of its pick (search cost ratio). Parts whose search settings
-differ from today's defaults (`--search-config`; random and uniform rerun beside it) get rows of their own, labelled;
+differ from today's defaults (`--search-config`, `--search-epochs`; random and uniform rerun beside it, random at
+that search's compute) get rows of their own, labelled;
 the parts run before `fill_budgets` was on by default record `fill_budgets: false`.
 
     .venv/bin/python benchmarks/cifar10_width.py --budget-index 0 --seed-index 0   # ResNet-8 FLOPs, seed index 0
@@ -290,7 +291,10 @@ def setting(part: dict) -> str:
     """A part's search settings that differ from today's defaults, as the table labels its rows ('' for the default
     search). Parts run before a default changed record the old value (`fill_budgets: false`)."""
     default = SearchConfig()
-    return " ".join(f"{k}={v}" for k, v in (part.get("search_config") or {}).items() if getattr(default, k) != v)
+    keys = [f"{k}={v}" for k, v in (part.get("search_config") or {}).items() if getattr(default, k) != v]
+    epochs = part["protocol"]["search_epochs"]
+    return " ".join(keys + ([f"search_epochs={epochs}"] if not part.get("quick") and epochs != FULL.search_epochs
+                            else []))
 
 
 def method_rows(depth: int, mine: list[dict], variant: str, points: dict | None) -> list[str]:
@@ -427,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(args.device),
                   part_s=time.perf_counter() - t0, bsnet_version=bsnet.__version__)
     emit("part_s", f"{result['part_s']:.0f}")
-    tag = "".join(f"-{k}{v}" for k, v in result["search_config"].items())
+    tag = "".join(f"-{k}{v}" for k, v in result["search_config"].items()) + \
+        (f"-search_epochs{proto.search_epochs}" if not args.quick and proto.search_epochs != FULL.search_epochs else "")
     name = f"resnet{depth}-seed{args.seed_index}{tag}" + ("-search" if args.search_only else "")
     save_result(results_dir / f"{name}.json", result, args.quick)
     return 0
