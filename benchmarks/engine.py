@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bsnet
+from bsnet.inputs import available_device
 
 GOALS = {"overhead_ratio": 1.10, "flops_scaling_ratio": 0.30, "memory_ratio": 0.40, "grouped_ratio": 1.05}
 WIDTH = "resnet_fabric-width"  # resnet_fabric width_groups=4: every block kept, thinned
@@ -360,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.masks < 4:
         parser.error("--masks must be at least 4 (grouped_ratio groups 4 architectures)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda, but no GPU is visible")
+    try:
+        available_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = f" gpu={torch.cuda.get_device_name(args.device)!r}" if args.device.startswith("cuda") else ""

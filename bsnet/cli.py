@@ -21,12 +21,11 @@ CLI_EXTRAS = ("rich", "matplotlib", "sklearn", "PIL")  # bsnet[cli]
 
 
 def _device(name: str) -> Any:
-    import torch
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available on this machine")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(name)
+    from bsnet.inputs import available_device
+    try:
+        return available_device(name)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
 
 
 def _model_factory(spec: str | None) -> Callable[[], Any] | None:

@@ -20,6 +20,7 @@ from bsnet.architecture import Architecture
 from bsnet.budgets import parse_budget
 from bsnet.export.module import export_module
 from bsnet.from_model import from_model
+from bsnet.inputs import available_device
 from bsnet.outcome import Progress, finish, found_architecture, no_progress
 from bsnet.pipeline import SearchRun, UserBatches, run_epochs
 from bsnet.search import BudgetedSearch, SearchConfig
@@ -80,7 +81,8 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         progress: `(label, total) -> advance(info)`, called for each epoch and the fine-tune (`bsnet.outcome.Progress`).
 
     Raises:
-        ValueError: the model cannot be converted, a budget cannot be read, or `train` holds no batches.
+        ValueError: the model cannot be converted, a budget cannot be read, `train` holds no batches, or `device`
+            is not on this machine.
         bsnet.search.BudgetError: no architecture meets every budget.
         bsnet.search.NonFiniteLossError: the loss diverged (lower `lr`).
     """
@@ -90,6 +92,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         if batches is not None and not callable(batches) and iter(batches) is batches:
             raise ValueError(f"{name} is an iterator, used up after one pass: pass a list, a DataLoader, or a "
                              f"function returning the batches ({'train(epoch)' if name == 'train' else 'val()'})")
+    device = available_device(device)
     each = _per_pass(train) if callable(train) else (lambda epoch: train)
     scored = val if callable(val) or val is None else (lambda: val)
     # The copy is captured on `device`: a captured program creates its own tensors (positions, masks) there.

@@ -23,6 +23,24 @@ def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
     return {k: v.to(device) for k, v in inputs.items()}
 
 
+def available_device(device: torch.device | str) -> torch.device:
+    """`device` as a `torch.device`, checked on this machine: a CUDA device that is not here is one clear error at the
+    start, not a failure deep in the first batch.
+
+    Raises:
+        ValueError: not a device name, CUDA where it is not available, or a CUDA index this machine does not have.
+    """
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"not a device: {device!r} (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def split(inputs: Inputs, k: int) -> list[Inputs]:
     """`torch.tensor_split` into k consecutive slices of the batch; every tensor of a dict alike."""
     if isinstance(inputs, torch.Tensor):

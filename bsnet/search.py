@@ -21,7 +21,7 @@ import torch.distributed as dist
 from bsnet import multipliers, projection
 from bsnet.budgets import Budget, budget_limits
 from bsnet.gates import BernoulliGates
-from bsnet.inputs import Inputs, batch_size, to_device
+from bsnet.inputs import Inputs, available_device, batch_size, to_device
 from bsnet.projection import BudgetError, Found
 from bsnet.supernet import SuperNetwork
 from bsnet.train import correct, task_loss
@@ -117,8 +117,8 @@ class BudgetedSearch:
     def __init__(self, net: SuperNetwork, budgets: Sequence[Budget], config: SearchConfig | None = None, *,
                  steps_per_epoch: int | None = None, epochs: int | None = None,
                  device: torch.device | str = "cpu") -> None:
-        self.net = net.to(device)
-        self.device = torch.device(device)
+        self.device = available_device(device)
+        self.net = net.to(self.device)
         self.config = cfg = config or SearchConfig()
         self.budgets = list(budgets)
         full = net.full_mask()

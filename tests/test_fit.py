@@ -90,6 +90,8 @@ def test_fit_refuses_a_one_shot_iterator_and_bad_epochs(digits):
         bsnet.fit(digits_cnn(), torch.randn(2, 1, 8, 8), budgets=["50%"], train=train, epochs=0)
     with pytest.raises(ValueError, match="train holds no batches"):
         bsnet.fit(digits_cnn(), torch.randn(2, 1, 8, 8), budgets=["50%"], train=[])
+    with pytest.raises(ValueError, match="cuda:99"):  # absent on every machine: one error before any work
+        bsnet.fit(digits_cnn(), torch.randn(2, 1, 8, 8), budgets=["50%"], train=train, device="cuda:99")
 
 
 def test_fit_takes_a_function_of_no_argument_for_its_batches(digits):

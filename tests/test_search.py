@@ -107,6 +107,12 @@ def test_budget_below_the_cheapest_architecture_is_refused():
         BudgetedSearch(net, [parse_budget("1000")])
 
 
+@pytest.mark.parametrize("device, message", [("cuda:99", "cuda:99"), ("tpu0", "not a device")])
+def test_a_device_this_machine_lacks_is_one_error_at_the_start(device, message):
+    with pytest.raises(ValueError, match=message):
+        BudgetedSearch(bsnet.create_supernet("cnf", **FABRIC), [parse_budget("30%")], device=device)
+
+
 @pytest.mark.parametrize("text, value, relative", [("30%", 0.3, True), ("2.5e7", 2.5e7, False), ("25M", 25e6, False),
                                                    ("1.2G", 1.2e9, False), ("3ms", 0.003, False),
                                                    ("500", 500.0, False)])
