@@ -23,11 +23,14 @@ training seeds, its standard error, and for random the mean k; the plain ResNets
 come from `benchmarks/results/cifar10/` (today's records, for reference). A win is a mean of the per-index paired
 differences of at least 1.0 point and more than twice its standard error; anything less is a tie. Also per part:
 bsnet's search + selection wall time / one training of its pick (search cost ratio). Parts whose search settings
-differ from today's defaults (`--search-config`, `--search-epochs`; random and uniform rerun beside it, random at
-that search's compute) get rows of their own, labelled;
+differ from today's defaults (`--search-config`, `--search-epochs`, `--select`, `--without-found`: the selection's
+networks tempered samples only; random and uniform rerun beside it, random at that search's compute) get rows of
+their own, labelled;
 the parts run before `fill_budgets` was on by default record `fill_budgets: false`.
 
     .venv/bin/python benchmarks/cifar10_width.py --budget-index 0 --seed-index 0   # ResNet-8 FLOPs, seed index 0
+    .venv/bin/python benchmarks/cifar10_width.py --budget-index 1 --seed-index 0 --search-epochs 6 --select 2 \
+        --without-found   # a variant: its own file and rows
     .venv/bin/python benchmarks/cifar10_width.py --table
     .venv/bin/python benchmarks/cifar10_width.py --budget-index 0 --seed-index 0 --quick   # smoke run, ~2 min
 """
@@ -175,7 +178,7 @@ def shared_ranking(depth: int, i: int, proto: Protocol, data: DataSplits, parts:
 
 def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callable[[str, object], None],
              select: int = 3, temperature: float = 3.0, device: str = "cpu", search_only: bool = False,
-             search_config: dict | None = None) -> dict:
+             search_config: dict | None = None, found_in_selection: bool = True) -> dict:
     limit, seeds = budget_flops(depth), training_seeds(i)
     emit("budget_flops", f"{limit:.0f}")
 
@@ -194,9 +197,10 @@ def run_part(depth: int, i: int, proto: Protocol, data: DataSplits, emit: Callab
                           "dropped": found.dropped, "flops": float(bsnet.FlopsCost()(net, found.mask)),
                           "widths": kept_widths(net, found.mask)},
                 "history": history["history"], "search_s": time.perf_counter() - t0}
-    candidates = distinct_architectures(net, search.candidates(4 * select, temperature), select) if select > 1 \
-        else [found.mask]
-    best, selection = select_on_validation(net, candidates, train, seeds[0]) if select > 1 else (0, [])
+    # Without the found architecture: the first `select` tempered samples that build other networks than it.
+    pool = distinct_architectures(net, search.candidates(4 * select + 1, temperature), select + 1)
+    candidates = pool[:select] if found_in_selection else pool[1:select + 1]
+    best, selection = select_on_validation(net, candidates, train, seeds[0]) if len(candidates) > 1 else (0, [])
     search_cpu, search_wall = time.process_time() - c0, time.perf_counter() - t0
     emit("bsnet.search_cpu_s", f"{search_cpu:.0f}")
     chosen = candidates[best]
@@ -293,8 +297,12 @@ def setting(part: dict) -> str:
     default = SearchConfig()
     keys = [f"{k}={v}" for k, v in (part.get("search_config") or {}).items() if getattr(default, k) != v]
     epochs = part["protocol"]["search_epochs"]
-    return " ".join(keys + ([f"search_epochs={epochs}"] if not part.get("quick") and epochs != FULL.search_epochs
-                            else []))
+    if not part.get("quick") and epochs != FULL.search_epochs:
+        keys.append(f"search_epochs={epochs}")
+    selection = part.get("selection", {"networks": 3, "found": True})  # parts before the option: the default
+    keys += ([f"select={selection['networks']}"] if selection["networks"] != 3 else []) + \
+        ([] if selection["found"] else ["without the found architecture in the selection"])
+    return " ".join(keys)
 
 
 def method_rows(depth: int, mine: list[dict], variant: str, points: dict | None) -> list[str]:
@@ -390,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="default benchmarks/results/cifar10-width (cifar10-width-quick with --quick)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--select", type=int, default=3, metavar="K")
+    parser.add_argument("--select", type=int, default=3, metavar="K", help="networks the selection trains (3)")
+    parser.add_argument("--without-found", action="store_true", help="the selection's networks are tempered samples "
+                        "only (the found architecture left out)")
     parser.add_argument("--search-epochs", type=int, default=FULL.search_epochs)
     parser.add_argument("--search-config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="search settings other than the defaults (recorded in the part)")
@@ -426,13 +436,18 @@ def main(argv: list[str] | None = None) -> int:
         save_result(results_dir / f"resnet{depth}-seed{args.seed_index}-ranking.json", result, args.quick)
         return 0
     result = run_part(depth, args.seed_index, proto, data, emit, select=args.select, device=args.device,
-                      search_only=args.search_only, search_config=key_values(args.search_config, "--search-config"))
+                      search_only=args.search_only, search_config=key_values(args.search_config, "--search-config"),
+                      found_in_selection=not args.without_found)
     result["search_config"] = key_values(args.search_config, "--search-config")
+    result["selection"] = {"networks": args.select, "found": not args.without_found}
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(args.device),
                   part_s=time.perf_counter() - t0, bsnet_version=bsnet.__version__)
     emit("part_s", f"{result['part_s']:.0f}")
-    tag = "".join(f"-{k}{v}" for k, v in result["search_config"].items()) + \
-        (f"-search_epochs{proto.search_epochs}" if not args.quick and proto.search_epochs != FULL.search_epochs else "")
+    tags = [f"-{k}{v}" for k, v in result["search_config"].items()]
+    if not args.quick and proto.search_epochs != FULL.search_epochs:
+        tags.append(f"-search_epochs{proto.search_epochs}")
+    tags += ([f"-select{args.select}"] if args.select != 3 else []) + (["-without_found"] if args.without_found else [])
+    tag = "".join(tags)
     name = f"resnet{depth}-seed{args.seed_index}{tag}" + ("-search" if args.search_only else "")
     save_result(results_dir / f"{name}.json", result, args.quick)
     return 0
