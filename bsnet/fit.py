@@ -112,7 +112,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
     search = BudgetedSearch(net, [parse_budget(b, device=str(device)) for b in budgets], cfg, steps_per_epoch=steps,
                             epochs=epochs, device=device)
     # The steps of `bsnet search`: its epoch loop and its ending (BatchNorm recalibrated, fine-tuned), on these batches.
-    run = SearchRun(search, UserBatches(each, scored, steps), batch_size=0, seed=cfg.seed, device=torch.device(device))
+    run = SearchRun(search, UserBatches(each, scored, steps), batch_size=0, seed=cfg.seed, device=device)
     t0 = time.perf_counter()
     history = run_epochs(run, epochs, progress=progress)
     t1 = time.perf_counter()
