@@ -91,7 +91,7 @@ class RunConfig:
             raise ConfigError(f"val_size must be a fraction in (0, 1) or a whole count >= 1, got {self.val_size!r}")
         if self.parallel_workers is not None and self.parallel_workers < 1:
             raise ConfigError(f"parallel_workers must be an integer >= 1, got {self.parallel_workers!r}")
-        if not _DEVICE.fullmatch(self.device):
+        if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ConfigError(f"input_shape must be positive sizes like 3,32,32, got {self.input_shape!r}")
@@ -134,7 +134,7 @@ class RunConfig:
                                                                     if ":" in b.rpartition("=")[0]]
 
 
-_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")  # the devices a run names (the command line checks the same)
 _CODE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")  # package.module:name
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 from pathlib import Path
 from typing import Any, Callable
 
-from bsnet.config import RunConfig
+from bsnet.config import DEVICE, RunConfig
 
 
 class UsageError(ValueError):
@@ -63,7 +62,7 @@ def _positive(text: str) -> float:
 
 
 def _device(text: str) -> str:
-    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+    if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
     return text
 
