@@ -9,9 +9,6 @@ reward's penalty and λ's pace can be checked without a search.
 * Lower bound `floor` f: a second multiplier μ_j charges max(0, f - C_j(H)/b_j), by the same ascent on
   E[C_j(H)] >= f · b_j. Gates that fell past the budget stop being sampled and trained, so the loss alone rarely
   brings them back; TuNAS (Bender et al. 2020) likewise penalises a cost below its target.
-* Proportional term `kp` (adaptive λ): the penalty charges the ascent's multipliers plus kp times the violation
-  smoothed over the last steps (the PID Lagrangian's P term, Stooke et al. 2020): it answers a violation at once and
-  lets go as soon as it ends, where the ascent alone must wind up, then down.
 """
 from __future__ import annotations
 
@@ -47,26 +44,4 @@ def ascend(lambdas: torch.Tensor, floor_lambdas: torch.Tensor, costs: torch.Tens
     lambdas = torch.clamp(lambdas + lr * (used - 1).clamp(-1.0, 1.0), min=0.0)
     if floor > 0:
         floor_lambdas = torch.clamp(floor_lambdas + lr * (floor - used).clamp(-1.0, 1.0), min=0.0)
-    return lambdas, floor_lambdas
-
-
-SMOOTHING = 0.9  # per step: the proportional term follows about the last 10 steps' samples
-
-
-def smooth(smoothed: torch.Tensor, costs: torch.Tensor, limits: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """The relative violation E[C_j]/b_j - 1 of the sampled costs `costs` [J, M], clipped to [-1, 1] as the ascent's,
-    averaged into `smoothed` [J] with weight 1 - SMOOTHING; returns a new tensor."""
-    used = costs.mean(1) / torch.as_tensor(limits, dtype=torch.float64)
-    return SMOOTHING * smoothed + (1 - SMOOTHING) * (used - 1).clamp(-1.0, 1.0)
-
-
-def charged(lambdas: torch.Tensor, floor_lambdas: torch.Tensor, smoothed: torch.Tensor, *, kp: float,
-            floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The multipliers the penalty charges: the ascent's plus `kp` times the smoothed violation of each bound (the
-    budget's: `smoothed`; the floor's: floor - 1 - `smoothed`), never below zero."""
-    if kp == 0:
-        return lambdas, floor_lambdas
-    lambdas = torch.clamp(lambdas + kp * smoothed, min=0.0)
-    if floor > 0:
-        floor_lambdas = torch.clamp(floor_lambdas + kp * (floor - 1 - smoothed), min=0.0)
     return lambdas, floor_lambdas

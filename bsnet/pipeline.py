@@ -188,7 +188,7 @@ def search_epoch(run: SearchRun, epoch: int, advance: Callable[[str], None] | No
         if advance:
             advance(f"loss {s.loss:.3f} acc {s.accuracy:.3f} " + " ".join(
                 f"{n} {c / limits[n]:.0%}·b λ {float(lam):.2g}" for n, c, lam in zip(run.cost_names, s.costs,
-                                                                                     search.charged_lambdas()[0])))
+                                                                                     search.lambdas)))
     return stats
 
 
@@ -223,7 +223,7 @@ def epoch_record(run: SearchRun, epoch: int, stats: list[StepStats], seconds: fl
             "sampled_cost": {nm: sum(s.costs[j] for s in stats) / len(stats) for j, nm in enumerate(names)},
             "mode_cost": dict(zip(names, search.costs(found.mask))),
             "found": kept_names(found.mask, run.net.gate_names),
-            "lambda": dict(zip(names, search.charged_lambdas()[0].tolist())), "entropy": search.mean_entropy(),
+            "lambda": dict(zip(names, search.lambdas.tolist())), "entropy": search.mean_entropy(),
             "disconnected": sum(s.disconnected for s in stats) / len(stats),
             "skipped_steps": search.nonfinite_steps, "seconds": seconds}
 

@@ -52,7 +52,6 @@ class SearchConfig:
     init_prob: float = 1 / (1 + math.exp(-3.0))
     lambda_mode: str = "adaptive"  # or "fixed"
     lambda_lr: float = 0.01  # per step: at 0.05, λ wound up far past the budget on CIFAR-10 (BENCHMARKS.md)
-    lambda_kp: float = 0.0  # adaptive λ's proportional term on the smoothed violation (bsnet.multipliers); 0: none
     fixed_lambda: float = 1e-7
     seed: int = 0
     # Adaptive λ only: a lower bound E[C_j(H)] >= floor · b_j with its own multiplier (0: none); without it,
@@ -69,8 +68,8 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"search setting {name} must be an integer, got {value!r}")
-        for name in ("lr", "momentum", "weight_decay", "gate_lr", "init_prob", "lambda_lr", "lambda_kp",
-                     "fixed_lambda", "budget_floor"):
+        for name in ("lr", "momentum", "weight_decay", "gate_lr", "init_prob", "lambda_lr", "fixed_lambda",
+                     "budget_floor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"search setting {name} must be a finite number, got {value!r}")
@@ -85,7 +84,6 @@ class SearchConfig:
                   (self.weight_decay >= 0, "weight_decay must be >= 0"),
                   (0 < self.init_prob < 1, "init_prob must lie in (0, 1)"),
                   (self.lambda_lr > 0, "lambda_lr must be > 0 (a fixed λ is lambda_mode=fixed)"),
-                  (self.lambda_kp >= 0, "lambda_kp must be >= 0"),
                   (self.fixed_lambda >= 0, "fixed_lambda must be >= 0"),
                   (0 <= self.seed < 2**32, "seed must lie in [0, 2**32)"),
                   (0 <= self.budget_floor < 1, "budget_floor must lie in [0, 1)"),
@@ -138,7 +136,6 @@ class BudgetedSearch:
         self.gates = BernoulliGates(net.num_gates, cfg.init_prob)
         self.lambdas = torch.zeros(len(self.budgets), dtype=torch.float64)
         self.floor_lambdas = torch.zeros(len(self.budgets), dtype=torch.float64)  # of budget_floor's bounds
-        self.smoothed = torch.zeros(len(self.budgets), dtype=torch.float64)  # violation, for lambda_kp
         if cfg.lambda_mode == "fixed":
             self.lambdas.fill_(cfg.fixed_lambda)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # architecture sampling only
@@ -210,7 +207,7 @@ class BudgetedSearch:
         arch_loss = arch_loss / counts.clamp(min=1)
         costs = self._costs(masks)
         reward = -(arch_loss.double().cpu() + multipliers.penalty(
-            costs, self.limits, *self.charged_lambdas(), relative=cfg.lambda_mode == "adaptive",
+            costs, self.limits, self.lambdas, self.floor_lambdas, relative=cfg.lambda_mode == "adaptive",
             floor=cfg.budget_floor))
         if cfg.baseline == "loo" and n_arch > 1:
             baseline = (reward.sum() - reward) / (n_arch - 1)
@@ -230,7 +227,6 @@ class BudgetedSearch:
         if cfg.lambda_mode == "adaptive" and self.budgets:  # with a fixed λ, floor_lambdas stay 0
             self.lambdas, self.floor_lambdas = multipliers.ascend(self.lambdas, self.floor_lambdas, costs, self.limits,
                                                                   lr=cfg.lambda_lr, floor=cfg.budget_floor)
-            self.smoothed = multipliers.smooth(self.smoothed, costs, self.limits)
         self.steps += 1
         connected = self.net.graph.connected(masks)
         return StepStats(float(losses.detach().mean()), float(correct(out.detach(), y).mean()), costs.mean(1).tolist(),
@@ -250,13 +246,6 @@ class BudgetedSearch:
         for t in tensors:
             t.copy_(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))
             offset += t.numel()
-
-    def charged_lambdas(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The multipliers the penalty charges (budgets', floors'): the ascent's, plus setting lambda_kp's term."""
-        if self.config.lambda_mode == "fixed":
-            return self.lambdas, self.floor_lambdas
-        return multipliers.charged(self.lambdas, self.floor_lambdas, self.smoothed, kp=self.config.lambda_kp,
-                                   floor=self.config.budget_floor)
 
     # ---- reading the distribution -------------------------------------------------------------
     def expected_costs(self, samples: int = 256) -> list[float]:
@@ -312,13 +301,12 @@ class BudgetedSearch:
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "gates": self.gates.state_dict(), "opt": self.opt.state_dict(),
                 "gate_opt": self.gate_opt.state_dict(), "sched": self.sched.state_dict(), "lambdas": self.lambdas,
-                "floor_lambdas": self.floor_lambdas, "smoothed": self.smoothed, "generator": self.generator.get_state(),
-                "steps": self.steps,
+                "floor_lambdas": self.floor_lambdas, "generator": self.generator.get_state(), "steps": self.steps,
                 "nonfinite_steps": self.nonfinite_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        """Also reads older checkpoints: those without `floor_lambdas` or `smoothed`, and those with keys of removed
-        options (`ema_reward`), which are ignored."""
+        """Also reads older checkpoints: those without `floor_lambdas`, and those with keys of removed options
+        (`ema_reward`), which are ignored."""
         self.net.load_state_dict(state["net"])
         self.gates.load_state_dict(state["gates"])
         self.opt.load_state_dict(state["opt"])
@@ -326,7 +314,6 @@ class BudgetedSearch:
         self.sched.load_state_dict(state["sched"])
         self.lambdas = state["lambdas"].to(torch.float64)
         self.floor_lambdas = state.get("floor_lambdas", torch.zeros_like(self.lambdas)).to(torch.float64)
-        self.smoothed = state.get("smoothed", torch.zeros_like(self.lambdas)).to(torch.float64)
         self.generator.set_state(state["generator"])
         self.steps = int(state["steps"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))

@@ -34,21 +34,3 @@ def test_ascent_moves_each_multiplier_by_at_most_lr_and_never_below_zero():
     assert low.item() == 0.0
     _, unchanged = multipliers.ascend(t(0.0), t(0.3), t([1.0]), [10.0], lr=0.01, floor=0.0)
     assert unchanged.item() == 0.3  # no floor: μ does not move
-
-
-def test_smoothed_violation_moves_a_tenth_of_the_way_to_the_clipped_relative_violation():
-    costs = t([40.0, 60.0], [4.0, 6.0], [10.0, 12.0])  # 5x over, 0.5 of and 1.1 x budgets of 10
-    smoothed = multipliers.smooth(t(0.0, 0.0, 0.0), costs, [10.0, 10.0, 10.0])
-    assert smoothed.tolist() == pytest.approx([0.1 * 1.0, 0.1 * -0.5, 0.1 * 0.1])  # clipped at +1
-    again = multipliers.smooth(smoothed, costs, [10.0, 10.0, 10.0])
-    assert again.tolist() == pytest.approx([0.19, -0.095, 0.019])
-
-
-def test_proportional_term_adds_to_the_ascents_multipliers_and_never_charges_below_zero():
-    lambdas, floors, smoothed = t(0.5, 0.5), t(0.2, 0.2), t(0.3, -0.4)  # 1.3 x and 0.6 x the budgets, smoothed
-    assert multipliers.charged(lambdas, floors, smoothed, kp=0.0, floor=0.9) == (lambdas, floors)
-    lam, mu = multipliers.charged(lambdas, floors, smoothed, kp=2.0, floor=0.9)
-    assert lam.tolist() == pytest.approx([0.5 + 0.6, 0.0])  # 0.5 - 0.8 clamped at 0
-    assert mu.tolist() == pytest.approx([0.0, 0.2 + 2.0 * 0.3])  # floor - used: -0.4 (clamped), then 0.3
-    _, no_floor = multipliers.charged(lambdas, floors, smoothed, kp=2.0)
-    assert no_floor is floors
