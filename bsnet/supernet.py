@@ -82,6 +82,11 @@ class SuperNetwork(nn.Module):
         self._plans: dict[bytes, tuple | None] = {}  # see _plan
         self.profile = self._measure()
 
+    def __getstate__(self) -> dict:
+        # A copy or a pickle starts without the plan cache: deep-copying up to 4096 plans took about 1 s per search
+        # epoch (the validation scores a copy of the network) on the digits demo.
+        return {**super().__getstate__(), "_plans": {}}
+
     # ---- description ----------------------------------------------------------------------------
     @property
     def num_gates(self) -> int:

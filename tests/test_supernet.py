@@ -1,4 +1,6 @@
 """SuperNetwork.forward in its three modes, over every registered super network."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -61,6 +63,10 @@ def test_the_live_sub_graph_is_planned_once_per_mask(small_net):
         outs = [net(x, m) for m in masks]
     assert len(net._plans) == len({m.numpy().tobytes() for m in (masks > 0.5)})
     assert all(torch.equal(a, b) for a, b in zip(outs[:3], outs[3:]))
+    copied = copy.deepcopy(net)  # the search's validation scores a copy every epoch: the plans stay behind
+    assert copied._plans == {} and net._plans
+    with torch.no_grad():
+        assert all(torch.equal(copied(x, m), out) for m, out in zip(masks, outs))
 
 
 @pytest.mark.parametrize("pruned", [True, False])
