@@ -291,18 +291,33 @@ def finished_parts(results_dir: Path, budget: str = "resnet*", variants: bool = 
             if variants or not setting(d)]
 
 
-def setting(part: dict) -> str:
-    """A part's search settings that differ from today's defaults, as the table labels its rows ('' for the default
-    search). Parts run before a default changed record the old value (`fill_budgets: false`)."""
+def departures(part: dict, *, today: bool) -> list[tuple[str, object]]:
+    """What a part's search ran with other than the benchmark's defaults, as (key, value) pairs: its search settings
+    as given (with `today`, only those that differ from today's defaults: parts run before a default changed record
+    the old value, `fill_budgets: false`), its search epochs, its selection's size, and ('without_found', None) where
+    the found architecture was left out of the selection."""
     default = SearchConfig()
-    keys = [f"{k}={v}" for k, v in (part.get("search_config") or {}).items() if getattr(default, k) != v]
+    pairs = [(k, v) for k, v in (part.get("search_config") or {}).items() if not today or getattr(default, k) != v]
     epochs = part["protocol"]["search_epochs"]
     if not part.get("quick") and epochs != FULL.search_epochs:
-        keys.append(f"search_epochs={epochs}")
+        pairs.append(("search_epochs", epochs))
     selection = part.get("selection", {"networks": 3, "found": True})  # parts before the option: the default
-    keys += ([f"select={selection['networks']}"] if selection["networks"] != 3 else []) + \
-        ([] if selection["found"] else ["without the found architecture in the selection"])
-    return " ".join(keys)
+    if selection["networks"] != 3:
+        pairs.append(("select", selection["networks"]))
+    if not selection["found"]:
+        pairs.append(("without_found", None))
+    return pairs
+
+
+def setting(part: dict) -> str:
+    """A part's departures from today's defaults, as the table labels its rows ('' for the default search)."""
+    return " ".join("without the found architecture in the selection" if k == "without_found" else f"{k}={v}"
+                    for k, v in departures(part, today=True))
+
+
+def file_tag(part: dict) -> str:
+    """A part's departures as given, as its file name carries them ('-select2-without_found')."""
+    return "".join(f"-{k}" if v is None else f"-{k}{v}" for k, v in departures(part, today=False))
 
 
 def method_rows(depth: int, mine: list[dict], variant: str, points: dict | None) -> list[str]:
@@ -443,12 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(protocol=dataclasses.asdict(proto), quick=args.quick, machine=machine_info(args.device),
                   part_s=time.perf_counter() - t0, bsnet_version=bsnet.__version__)
     emit("part_s", f"{result['part_s']:.0f}")
-    tags = [f"-{k}{v}" for k, v in result["search_config"].items()]
-    if not args.quick and proto.search_epochs != FULL.search_epochs:
-        tags.append(f"-search_epochs{proto.search_epochs}")
-    tags += ([f"-select{args.select}"] if args.select != 3 else []) + (["-without_found"] if args.without_found else [])
-    tag = "".join(tags)
-    name = f"resnet{depth}-seed{args.seed_index}{tag}" + ("-search" if args.search_only else "")
+    name = f"resnet{depth}-seed{args.seed_index}{file_tag(result)}" + ("-search" if args.search_only else "")
     save_result(results_dir / f"{name}.json", result, args.quick)
     return 0
 
