@@ -27,7 +27,8 @@ multiply-add) of a share of the trained network's:
   stage (`GroupNormPruner`, group magnitude importance with p=2, global pruning, 400 iterative steps without training
   between them), stopped at the first step within the budget.
 * `modelopt`: ModelOpt FastNAS (`mtp.prune(mode="fastnas")`), its sensitivity map scored on 2,000 validation images
-  with BatchNorm calibrated on 20 training batches per choice, channels in steps of 4.
+  with BatchNorm recalibrated for each choice on the 50 batches of 32 training images it queues, channels in steps
+  of 4.
 * `uniform`: every block's inner width scaled by one factor (the largest within the budget), keeping the channels
   of largest L1 norm.
 
@@ -254,7 +255,10 @@ def train(data: DataSplits, epochs: int, device: str = "cpu", precision: str = "
 TOTAL_EPOCHS, FORWARD_SHARE, FT_LR = 10, 1 / 3, 0.01
 SEARCH_EPOCHS = 3  # bsnet's search epochs (fit's default), inside the 10
 METHODS = ("bsnet", "torch-pruning", "modelopt", "uniform", "depth")
-CALIBRATION_BATCHES = 20  # ModelOpt's BatchNorm calibration per choice (its default, 50, costs 2.5 times more)
+# ModelOpt recalibrates BatchNorm for each choice it scores on the batches it queued from the data loader, and only
+# once its queue holds 50 (with fewer it scores every choice on the full network's statistics, warning "modelopt data
+# queue not filled"): 50 batches of 32 images, 1,600 per choice.
+CALIBRATION_BATCHES, CALIBRATION_BATCH = 50, 32
 
 
 def flops(module: nn.Module) -> int:
@@ -379,9 +383,10 @@ def torch_pruning(model: ResNet20, budget: float) -> nn.Module:
 
 def modelopt_fastnas(model: ResNet20, budget_share: float, data: DataSplits, seed: int, meter: Meter,
                      where: Path) -> nn.Module:
-    """ModelOpt FastNAS at the budget: its sensitivity map (BatchNorm calibrated on 20 training batches, scored on
-    2,000 validation images per choice), channels in steps of 4 (its default of 32 leaves a CIFAR ResNet-20 almost
-    nothing to choose), then its binary search."""
+    """ModelOpt FastNAS at the budget: its sensitivity map (each choice's BatchNorm recalibrated on the 1,600 queued
+    training images, then scored on 2,000 validation images), channels in steps of 4 (its default of 32 leaves a CIFAR
+    ResNet-20 almost nothing to choose), then its binary search. Every train-mode forward of the network (the queue's
+    recalibrations) and every scored image count as forward passes."""
     import modelopt.torch.prune as mtp
     val = [(x, y) for x, y in batches(data.val, 500)][:4]
     def score(m: nn.Module) -> float:
@@ -389,28 +394,38 @@ def modelopt_fastnas(model: ResNet20, budget_share: float, data: DataSplits, see
     rules = {"nn.Conv2d": {"*": {"channel_divisor": 4}}, "nn.BatchNorm2d": {"*": {"feature_divisor": 4}},
              "nn.Linear": {"*": {"feature_divisor": 4}}}
     where.unlink(missing_ok=True)  # its own checkpoint: a rerun starts afresh
-    loader = _Calibration(data, seed, meter)
-    out = mtp.prune(copy.deepcopy(model), mode=[("fastnas", rules)], constraints={"flops": f"{budget_share:.0%}"},
+    loader = _Calibration(data, seed)
+    net = copy.deepcopy(model)
+    counting = net.register_forward_pre_hook(lambda m, args: _count_calibration(m, args, meter))
+    out = mtp.prune(net, mode=[("fastnas", rules)], constraints={"flops": f"{budget_share:.0%}"},
                     dummy_input=torch.zeros(1, 3, 32, 32),
                     config={"data_loader": loader, "score_func": score, "checkpoint": str(where),
                             "max_iter_data_loader": CALIBRATION_BATCHES, "verbose": False})
+    counting.remove()  # the fine-tune's steps are counted as training
     where.unlink(missing_ok=True)
     return out[0] if isinstance(out, tuple) else out
 
 
-class _Calibration:
-    """Training batches for ModelOpt's BatchNorm calibration, each pass counted as forward passes."""
+def _count_calibration(module: nn.Module, args: tuple, meter: Meter) -> None:
+    if module.training:  # ModelOpt recalibrates BatchNorm in train mode; scoring runs in eval mode (counted apart)
+        meter.forward += len(args[0])
 
-    def __init__(self, data: DataSplits, seed: int, meter: Meter) -> None:
-        self.data, self.seed, self.meter, self.passes = data, seed, meter, 0
+
+class _Calibration:
+    """ModelOpt's data loader: CALIBRATION_BATCHES shuffled training batches of CALIBRATION_BATCH images (counted
+    by the network's hook as they pass)."""
+
+    def __init__(self, data: DataSplits, seed: int) -> None:
+        self.data, self.seed, self.passes = data, seed, 0
 
     def __iter__(self) -> Iterator:
-        self.passes += 1  # ModelOpt draws one batch past the ones it uses: only those are passed (and counted)
-        return itertools.islice(self.meter.batches(self.data, self.seed, 2_000 + self.passes, train=False),
+        self.passes += 1
+        g = torch.Generator().manual_seed(self.seed * 100_003 + 2_000 + self.passes)
+        return itertools.islice(batches(self.data.train, CALIBRATION_BATCH, shuffle=True, generator=g),
                                 CALIBRATION_BATCHES)
 
     def __len__(self) -> int:
-        return len(self.data.train) // BATCH
+        return CALIBRATION_BATCHES
 
 
 def bsnet_fit(model: ResNet20, share: float, data: DataSplits, seed: int, meter: Meter, *,
