@@ -546,8 +546,9 @@ def table(out: Path) -> int:
     """Every finished method record in `out`, the latency of every network measured side by side, the table
     (markdown, printed and written to table.md) and the Pareto plots (pareto.png)."""
     from bsnet.export import export_onnx
-    found = sorted(out.glob("*.json"))
-    records = [json.loads(p.read_text()) for p in found if current(p)]
+    found = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    ours = trained_id()
+    records = [r for r in found if r.get("trained") == ours]
     if len(records) < len(found):
         print(f"left out: {len(found) - len(records)} records of other trained weights than {WEIGHTS.name}'s "
               f"(rerun their parts)", file=sys.stderr)
