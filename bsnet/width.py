@@ -75,10 +75,9 @@ class Bias(nn.Module):
         return x + (self.bias if self.last else self.bias.view(1, -1, *([1] * (x.dim() - 2))))
 
 
-def split_layer_pair(layers: Sequence[nn.Module], groups: int, name: str = "layer pair",
-                     order: torch.Tensor | None = None) -> tuple[list[WidthGroup], nn.Module]:
-    """Split `[first, *per-channel layers, second]` into `groups` width groups of equal hidden width, group j taking
-    the hidden channels `order[j * k:(j + 1) * k]` (`order` a permutation of them; default: in their order).
+def split_layer_pair(layers: Sequence[nn.Module], groups: int, name: str = "layer pair"
+                     ) -> tuple[list[WidthGroup], nn.Module]:
+    """Split `[first, *per-channel layers, second]` into `groups` width groups of equal hidden width.
 
     Returns the groups (copies holding slices of the weights) and the module that must follow their sum: the second
     layer's bias (`Bias`), or `nn.Identity()` when it has none. The sum of the groups' outputs plus that bias is what
@@ -97,42 +96,18 @@ def split_layer_pair(layers: Sequence[nn.Module], groups: int, name: str = "laye
     if hidden % groups:
         raise ValueError(f"{name}: its {hidden} hidden channels do not divide into {groups} width groups")
     k = hidden // groups
-    if order is None:
-        order = torch.arange(hidden)
-    elif sorted(order.tolist()) != list(range(hidden)):
-        raise ValueError(f"{name}: the channel order is not a permutation of its {hidden} hidden channels")
     second = layers[-1]
     tail: nn.Module = nn.Identity() if getattr(second, "bias", None) is None else \
         Bias(second.bias, last=isinstance(second, nn.Linear))
     out = []
     for j in range(groups):
-        sl = order[j * k:(j + 1) * k]
+        sl = slice(j * k, (j + 1) * k)
         parts = [_sliced(layers[0], sl, dim=0)]
         parts += [_sliced(m, sl, dim=0) if isinstance(m, _BatchNorm) or is_depthwise(m) else copy.deepcopy(m)
                   for m in layers[1:-1]]
         parts.append(_sliced(second, sl, dim=1))
         out.append(WidthGroup(*parts))
     return out, tail
-
-
-def importance_order(layers: Sequence[nn.Module]) -> torch.Tensor:
-    """A split pair's hidden channels, most important first: each channel's scale as it leaves the per-channel
-    layers (the last BatchNorm's sqrt(weight² + bias²), or the first layer's output row norm where there is none)
-    times the norm of the second layer's input slice that reads it. In this order, a trained pair's first group
-    holds its strongest channels and its last group its weakest, so the search can thin a layer the way magnitude
-    pruning would (a permutation of the hidden channels: the pair computes the same)."""
-    layers = list(layers)
-    with torch.no_grad():
-        norms = [m for m in layers[1:-1] if isinstance(m, _BatchNorm) and m.affine]
-        if norms:
-            scale = torch.sqrt(norms[-1].weight ** 2 + norms[-1].bias ** 2)
-        else:
-            first = layers[0]
-            scale = first.weight.reshape(first.weight.shape[0], -1).pow(2).sum(1)
-            scale = torch.sqrt(scale + (first.bias ** 2 if first.bias is not None else 0))
-        second = layers[-1].weight.transpose(0, 1)
-        score = scale * second.reshape(second.shape[0], -1).norm(dim=1)
-    return torch.argsort(score.float().cpu(), descending=True, stable=True)
 
 
 def check_split(groups: Sequence[nn.Module], name: str) -> None:
@@ -225,9 +200,9 @@ def _set_width(layer: nn.Module, n: int, dim: int) -> None:
         setattr(layer, "out_channels" if dim == 0 else "in_channels", n)
 
 
-def _sliced(layer: nn.Module, sl: torch.Tensor, dim: int) -> nn.Module:
-    """A copy of `layer` keeping channels `sl` (indices) of its output (dim 0) or input (dim 1); a second layer's
-    bias is dropped (it is added once, after the sum)."""
+def _sliced(layer: nn.Module, sl: slice, dim: int) -> nn.Module:
+    """A copy of `layer` keeping channels `sl` of its output (dim 0) or input (dim 1); a second layer's bias is
+    dropped (it is added once, after the sum)."""
     out = copy.deepcopy(layer)
     for name, p in list(layer.named_parameters(recurse=False)):
         if dim == 1 and name == "bias":
@@ -237,7 +212,7 @@ def _sliced(layer: nn.Module, sl: torch.Tensor, dim: int) -> nn.Module:
     for name, b in layer.named_buffers(recurse=False):
         if b is not None and b.dim() > 0:  # per-channel statistics; a batch counter is copied as it is
             setattr(out, name, b[sl].clone())
-    _set_width(out, len(sl), dim)
+    _set_width(out, sl.stop - sl.start, dim)
     if is_depthwise(layer):
         out.in_channels = out.groups = out.out_channels
     return out

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bsnet import FlopsCost, Graph, ParallelCost, ParamsCost, SuperNetwork, create_supernet
 from bsnet.fabrics.resnet_fabric import resnet_mask
-from bsnet.width import Bias, WidthGroup, fuse_groups, fused_forward, importance_order, split_layer_pair
+from bsnet.width import Bias, WidthGroup, fuse_groups, fused_forward, split_layer_pair
 
 SMALL = dict(blocks=2, channels=[4, 8, 8], image_size=8, shift="slr")
 
@@ -145,27 +145,6 @@ def test_a_linear_pair_splits_exactly():
         assert torch.allclose(tail(fused_forward(groups, x)), want, atol=1e-5)
         assert torch.allclose(tail(sum(g(x) for g in groups)), want, atol=1e-5)
     assert isinstance(tail, Bias)
-
-
-@pytest.mark.parametrize("norm", [True, False])
-def test_importance_order_puts_the_weakest_channels_in_the_last_group_and_computes_the_same(norm):
-    torch.manual_seed(0)
-    pair = [nn.Conv2d(3, 8, 3, padding=1), *([nn.BatchNorm2d(8)] if norm else []), nn.ReLU(), nn.Conv2d(8, 4, 1)]
-    if norm:
-        shift_batchnorms(*pair)
-    weak = torch.tensor([1, 4])  # channels the second layer barely reads
-    with torch.no_grad():
-        pair[-1].weight[:, weak] *= 1e-3
-    order = importance_order(pair)
-    assert sorted(order.tolist()) == list(range(8)) and set(order[-2:].tolist()) == set(weak.tolist())
-    groups, tail = split_layer_pair(pair, 4, order=order)
-    assert torch.equal(groups[-1][0].weight, pair[0].weight[order[-2:]])
-    x = torch.randn(2, 3, 5, 5)
-    with torch.no_grad():
-        want = nn.Sequential(*pair).eval()(x)
-        assert torch.allclose(tail(fused_forward([g.eval() for g in groups], x)), want, atol=1e-5)
-    with pytest.raises(ValueError, match="not a permutation"):
-        split_layer_pair(pair, 4, order=torch.tensor([0, 0, 1, 2, 3, 4, 5, 6]))
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

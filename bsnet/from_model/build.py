@@ -21,7 +21,7 @@ from bsnet.from_model.trace import Leaf, capture, leaves_record, resolve_leaves
 from bsnet.graph import Graph
 from bsnet.inputs import Inputs, check_spec, spec_of, zeros
 from bsnet.supernet import SuperNetwork
-from bsnet.width import Bias, importance_order, split_layer_pair
+from bsnet.width import Bias, split_layer_pair
 
 
 class Increment(nn.Module):
@@ -61,8 +61,7 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
             (`"body.1"`) or class names (`"Flip"` or `"pkg.layers.Flip"`).
         width_groups: 1, no width gates; N > 1: in each residual branch, the first layer pair whose hidden
             channels only its second layer reads (conv-BN-act-conv, Linear-act-Linear) is split into N channel
-            groups `<branch>.w<j>`, each gated, beside the branch's own gate (bsnet.from_model.pairs), `w0` holding
-            the strongest channels of a trained pair and the last group its weakest (`importance_order`); an attention
+            groups `<branch>.w<j>`, each gated, beside the branch's own gate (bsnet.from_model.pairs); an attention
             branch of a torch.export program gets one gate per head instead (bsnet.from_model.heads).
 
     Raises:
@@ -282,8 +281,7 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
                        tail=nn.Identity() if o_b is None else Bias(o_b, last=True), post=split.post,
                        post_in=split.out, kind="heads")
         elif split is not None:  # the pair's width groups; its second layer's bias where they are summed
-            groups, bias = split_layer_pair(split.layers, config["width_groups"], b.name,
-                                            order=importance_order(split.layers))
+            groups, bias = split_layer_pair(split.layers, config["width_groups"], b.name)
             (first_w, first_b), (second_w, second_b) = layer_sources(split.layers[0]), layer_sources(split.layers[-1])
             sources[f"{b.name}.width"] = {"first_w": first_w, "first_b": first_b, "second_w": second_w,
                                           "second_b": second_b}
