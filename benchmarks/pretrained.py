@@ -22,8 +22,7 @@ multiply-add) of a share of the trained network's:
 * `bsnet`: `bsnet.fit` on the trained module, `width_groups=4` plus depth, 3 search epochs, the found architecture
   grown to spend the budget (search setting `fill_budgets`: its most probable absent gates added while the budget
   holds, then kept gates exchanged for costlier ones); `depth`: the same with `width_groups=1` (whole blocks only: it
-  lands where whole blocks allow, its fraction reported); `bsnet-frozen`: `bsnet` with `freeze_weights=True` (the
-  search runs forward passes only and leaves the trained weights as they are; its passes count a third).
+  lands where whole blocks allow, its fraction reported).
 * `torch-pruning`: Torch-Pruning's group-norm method of its CIFAR benchmark without its optional sparsity-learning
   stage (`GroupNormPruner`, group magnitude importance with p=2, global pruning, 400 iterative steps without training
   between them), stopped at the first step within the budget.
@@ -255,7 +254,7 @@ def train(data: DataSplits, epochs: int, device: str = "cpu", precision: str = "
 # goes to the common fine-tune, counted in steps.
 TOTAL_EPOCHS, FORWARD_SHARE, FT_LR = 10, 1 / 3, 0.01
 SEARCH_EPOCHS = 3  # bsnet's search epochs (fit's default), inside the 10
-METHODS = ("bsnet", "bsnet-frozen", "torch-pruning", "modelopt", "uniform", "depth")
+METHODS = ("bsnet", "torch-pruning", "modelopt", "uniform", "depth")
 # ModelOpt recalibrates BatchNorm for each choice it scores on the batches it queued from the data loader, and only
 # once its queue holds 50 (with fewer it scores every choice on the full network's statistics, warning "modelopt data
 # queue not filled"): 50 batches of 32 images, 1,600 per choice.
@@ -430,20 +429,19 @@ class _Calibration:
 
 
 def bsnet_fit(model: ResNet20, share: float, data: DataSplits, seed: int, meter: Meter, *,
-              width_groups: int, frozen: bool = False) -> nn.Module:
-    """`bsnet.fit` on the trained module (SEARCH_EPOCHS search epochs, the weights at lr FT_LR, or left as they
-    are with `frozen`: forward passes only), its own fine-tune left out: the common one follows."""
+              width_groups: int) -> nn.Module:
+    """`bsnet.fit` on the trained module (SEARCH_EPOCHS search epochs, the weights at lr FT_LR), its own
+    fine-tune left out: the common one follows."""
     x = torch.zeros(2, 3, 32, 32)
     # Every pass is counted as forward-only, then the search epochs' images are moved to the trained count. No
     # validation batches: with no selection among candidates they would only monitor, and cost compute.
     variant, report = bsnet.fit(model, x, budgets=[f"{share:.0%}"],
                                 train=lambda epoch: meter.batches(data, seed, epoch, train=False),
-                                epochs=SEARCH_EPOCHS, finetune_epochs=0, lr=FT_LR, freeze_weights=frozen,
+                                epochs=SEARCH_EPOCHS, finetune_epochs=0, lr=FT_LR,
                                 config=SearchConfig(seed=seed, fill_budgets=True),
                                 width_groups=width_groups)
-    if not frozen:
-        searched = SEARCH_EPOCHS * (len(data.train) // BATCH) * BATCH
-        meter.forward, meter.trained = meter.forward - searched, meter.trained + searched
+    searched = SEARCH_EPOCHS * (len(data.train) // BATCH) * BATCH
+    meter.forward, meter.trained = meter.forward - searched, meter.trained + searched
     meter.search_history, meter.filled = report.history, report.architecture.added
     meter.exchanged = report.architecture.exchanged
     return variant
@@ -457,9 +455,8 @@ def run_method(method: str, share: float, seed: int, data: DataSplits, where: Pa
     meter = Meter(len(data.train))
     torch.manual_seed(seed)
     t, c = time.perf_counter(), time.process_time()
-    if method in ("bsnet", "bsnet-frozen", "depth"):
-        net = bsnet_fit(model, share, data, seed, meter, width_groups=1 if method == "depth" else 4,
-                        frozen=method == "bsnet-frozen")
+    if method in ("bsnet", "depth"):
+        net = bsnet_fit(model, share, data, seed, meter, width_groups=1 if method == "depth" else 4)
     elif method == "torch-pruning":
         net = torch_pruning(model, budget)
     elif method == "modelopt":

@@ -59,8 +59,7 @@ def _per_pass(train: Callable[..., Batches]) -> Callable[[int], Batches]:
 def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] | None = None, *,
         budgets: Sequence[str], train: Batches | Callable[..., Batches],
         val: Batches | Callable[[], Batches] | None = None, epochs: int = 3, finetune_epochs: int = 1,
-        lr: float = 0.01, freeze_weights: bool = False, config: SearchConfig | None = None,
-        device: torch.device | str = "cpu",
+        lr: float = 0.01, config: SearchConfig | None = None, device: torch.device | str = "cpu",
         gate: str | Sequence[str] = "residual", leaf_modules: Sequence = (), width_groups: int = 1,
         progress: Progress = no_progress) -> tuple[nn.Module, FitReport]:
     """A variant of `model` within `budgets`, fine-tuned, as a plain network (a `torch.fx.GraphModule`), and its
@@ -77,8 +76,6 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         val: batches to score the model and the variant on (accuracy), if any.
         epochs: search epochs over `train`; finetune_epochs: epochs of the found variant alone afterwards.
         lr: the weights' learning rate in both phases (a tenth of a from-scratch rate: the weights are trained).
-        freeze_weights: the search leaves the weights as they are (forward passes only, about a third of the cost
-            of its epochs; the gates learn from the sampled sub-networks' losses); the fine-tune trains them at `lr`.
         config: other search settings (`lr` overrides its own).
         gate, leaf_modules, width_groups: as in `from_model` (`width_groups=4`: widths searched too).
         progress: `(label, total) -> advance(info)`, called for each epoch and the fine-tune (`bsnet.outcome.Progress`).
@@ -111,7 +108,7 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
     steps = len(first) if hasattr(first, "__len__") else sum(1 for _ in first)
     if steps < 1:
         raise ValueError("train holds no batches")
-    cfg = dataclasses.replace(config or SearchConfig(), lr=0.0 if freeze_weights else lr)
+    cfg = dataclasses.replace(config or SearchConfig(), lr=lr)
     search = BudgetedSearch(net, [parse_budget(b, device=str(device)) for b in budgets], cfg, steps_per_epoch=steps,
                             epochs=epochs, device=device)
     # The steps of `bsnet search`: its epoch loop and its ending (BatchNorm recalibrated, fine-tuned), on these batches.

@@ -10,7 +10,6 @@ The trainer does no printing and no file I/O: `bsnet.pipeline` runs it and write
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ class SearchConfig:
     sampling: str = "grouped"  # "grouped": K architectures per batch, live nodes only; "per_example": reference
     groups: int = 4
     baseline: str = "loo"  # "loo" leave-one-out across groups, "mean" batch mean (reference)
-    lr: float = 0.1  # 0: the weights stay as they are (forward passes only; the gates learn from their losses)
+    lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     gate_lr: float = 0.05
@@ -80,8 +79,7 @@ class SearchConfig:
                   (self.baseline in ("loo", "mean"), "baseline must be 'loo' or 'mean'"),
                   (self.lambda_mode in ("adaptive", "fixed"), "lambda_mode must be 'adaptive' or 'fixed'"),
                   (self.groups >= 1, "groups must be >= 1"),
-                  (self.lr >= 0, "lr must be >= 0 (0: the weights are not trained)"),
-                  (self.gate_lr > 0, "gate_lr must be > 0"),
+                  (self.lr > 0 and self.gate_lr > 0, "learning rates (lr, gate_lr) must be > 0"),
                   (0 <= self.momentum < 1, "momentum must lie in [0, 1)"),
                   (self.weight_decay >= 0, "weight_decay must be >= 0"),
                   (0 < self.init_prob < 1, "init_prob must lie in (0, 1)"),
@@ -178,15 +176,12 @@ class BudgetedSearch:
             k = min(cfg.groups, max(1, size // 2))  # at least 2 examples per group (BatchNorm)
             masks, logp = self.gates.sample(k, self.generator)
             sizes = [len(c) for c in torch.tensor_split(torch.arange(size), k)]
+            out = net(x, masks, grouped=True)  # masks stay on the CPU, where the forward reads them
             group_of = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)).to(self.device)
         else:
             masks, logp = self.gates.sample(size, self.generator)
+            out = net(x, masks)
             group_of = torch.arange(size, device=self.device)
-        # Frozen weights (lr 0): REINFORCE needs the architectures' losses only, so no graph is kept for a backward
-        frozen = cfg.lr == 0
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            # masks stay on the CPU, where the forward reads them
-            out = net(x, masks, grouped=True) if cfg.sampling == "grouped" else net(x, masks)
         losses = task_loss(out, y)
         finite = torch.isfinite(losses).all().float().reshape(1)
         if self.world > 1:  # every rank must skip the same steps
@@ -221,8 +216,7 @@ class BudgetedSearch:
         advantage = (reward - baseline).float()
         self.opt.zero_grad(set_to_none=True)
         self.gate_opt.zero_grad(set_to_none=True)
-        policy = -(advantage.detach() * logp).mean().to(self.device)
-        (policy if frozen else losses.mean() + policy).backward()
+        (losses.mean() - (advantage.detach() * logp).mean().to(self.device)).backward()
         if self.world > 1:
             self._average_over_ranks([p.grad for p in self.params_with_grad()])
         self.opt.step()
