@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,13 +45,19 @@ def default_folder() -> Path:
 
 
 def extract(tarball: Path, dest: Path) -> float:
-    """Extract `tarball` into `dest` (via a temporary sibling, so a half extraction is never taken for data)."""
+    """Extract `tarball` into `dest` (via a temporary sibling of this process's own, so a half extraction is never
+    taken for data and two benchmarks started together do not trip over each other: the first to finish wins)."""
     t = time.perf_counter()
-    tmp = dest.with_name(dest.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent))
     with tarfile.open(tarball, "r:gz") as tar:
         tar.extractall(tmp, filter="data")
-    tmp.rename(dest)
+    try:
+        tmp.rename(dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+        shutil.rmtree(tmp)  # another process extracted it first
     return time.perf_counter() - t
 
 
