@@ -25,7 +25,9 @@ multiply-add) of a share of the trained network's:
   lands where whole blocks allow, its fraction reported).
 * `torch-pruning`: Torch-Pruning's group-norm method of its CIFAR benchmark without its optional sparsity-learning
   stage (`GroupNormPruner`, group magnitude importance with p=2, global pruning, 400 iterative steps without training
-  between them), stopped at the first step within the budget.
+  between them), stopped at the first step within the budget; `torch-pruning-inner`: the same with the residual
+  stream's channels fixed (every layer that writes the stream ignored: the stem, each block's second conv and its
+  projection), so only the blocks' inner channels are pruned, one at a time: bsnet's search space.
 * `modelopt`: ModelOpt FastNAS (`mtp.prune(mode="fastnas")`), its sensitivity map scored on 2,000 validation images
   with BatchNorm recalibrated for each choice on the 50 batches of 32 training images it queues, channels in steps
   of 4.
@@ -254,7 +256,7 @@ def train(data: DataSplits, epochs: int, device: str = "cpu", precision: str = "
 # goes to the common fine-tune, counted in steps.
 TOTAL_EPOCHS, FORWARD_SHARE, FT_LR = 10, 1 / 3, 0.01
 SEARCH_EPOCHS = 3  # bsnet's search epochs (fit's default), inside the 10
-METHODS = ("bsnet", "torch-pruning", "modelopt", "uniform", "depth")
+METHODS = ("bsnet", "torch-pruning", "torch-pruning-inner", "modelopt", "uniform", "depth")
 # ModelOpt recalibrates BatchNorm for each choice it scores on the batches it queued from the data loader, and only
 # once its queue holds 50 (with fewer it scores every choice on the full network's statistics, warning "modelopt data
 # queue not filled"): 50 batches of 32 images, 1,600 per choice.
@@ -367,15 +369,20 @@ def uniform_width(model: ResNet20, budget: float) -> nn.Module:
     return scaled(low)
 
 
-def torch_pruning(model: ResNet20, budget: float) -> nn.Module:
+def torch_pruning(model: ResNet20, budget: float, stream: bool = True) -> nn.Module:
     """Torch-Pruning's group-norm method of its CIFAR benchmark: global channel pruning by group magnitude (L2),
-    400 iterative steps with no training between them, stopped at the first step within the budget."""
+    400 iterative steps with no training between them, stopped at the first step within the budget. Without
+    `stream` the layers that write the residual stream are ignored (their output channels kept): inner widths only."""
     import torch_pruning as tp
     out = copy.deepcopy(model).eval()
     example = torch.zeros(1, 3, 32, 32)
+    ignored: list[nn.Module] = [out.fc]
+    if not stream:
+        blocks = [b for stage in (out.layer1, out.layer2, out.layer3) for b in stage]
+        ignored += [out.conv1] + [b.conv2 for b in blocks] + [b.shortcut[0] for b in blocks if len(b.shortcut)]
     pruner = tp.pruner.GroupNormPruner(out, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                        global_pruning=True, pruning_ratio=1.0, iterative_steps=400,
-                                       ignored_layers=[out.fc])
+                                       ignored_layers=ignored)
     while flops(out) > budget and pruner.current_step < pruner.iterative_steps:
         pruner.step()
     return out
@@ -457,8 +464,8 @@ def run_method(method: str, share: float, seed: int, data: DataSplits, where: Pa
     t, c = time.perf_counter(), time.process_time()
     if method in ("bsnet", "depth"):
         net = bsnet_fit(model, share, data, seed, meter, width_groups=1 if method == "depth" else 4)
-    elif method == "torch-pruning":
-        net = torch_pruning(model, budget)
+    elif method in ("torch-pruning", "torch-pruning-inner"):
+        net = torch_pruning(model, budget, stream=method == "torch-pruning")
     elif method == "modelopt":
         net = modelopt_fastnas(model, share, data, seed, meter, where.with_suffix(".modelopt.pth"))
     elif method == "uniform":
