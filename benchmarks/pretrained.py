@@ -138,6 +138,10 @@ class ResNet20(nn.Module):
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
+    def blocks(self) -> list[BasicBlock]:
+        """The 9 basic blocks, stage by stage."""
+        return [b for stage in (self.layer1, self.layer2, self.layer3) for b in stage]
+
 
 UNTRAINED_OK = False  # --quick: a fresh initialisation stands in where the trained weights are not there yet
 
@@ -357,7 +361,7 @@ def uniform_width(model: ResNet20, budget: float) -> nn.Module:
     channels whose conv1 filters have the largest L1 norm."""
     def scaled(factor: float) -> nn.Module:
         out = copy.deepcopy(model)
-        for block in (b for layer in (out.layer1, out.layer2, out.layer3) for b in layer):
+        for block in out.blocks():
             k = max(1, round(factor * block.conv1.out_channels))
             idx = block.conv1.weight.abs().sum((1, 2, 3)).topk(k).indices.sort().values
             block.conv1, block.bn1, block.conv2 = _keep(block.conv1, block.bn1, block.conv2, idx)
@@ -378,8 +382,7 @@ def torch_pruning(model: ResNet20, budget: float, stream: bool = True) -> nn.Mod
     example = torch.zeros(1, 3, 32, 32)
     ignored: list[nn.Module] = [out.fc]
     if not stream:
-        blocks = [b for stage in (out.layer1, out.layer2, out.layer3) for b in stage]
-        ignored += [out.conv1] + [b.conv2 for b in blocks] + [b.shortcut[0] for b in blocks if len(b.shortcut)]
+        ignored += [out.conv1] + [b.conv2 for b in out.blocks()] + [b.shortcut[0] for b in out.blocks() if b.shortcut]
     pruner = tp.pruner.GroupNormPruner(out, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                        global_pruning=True, pruning_ratio=1.0, iterative_steps=400,
                                        ignored_layers=ignored)
