@@ -1,6 +1,7 @@
 """fit: the whole job on a user's own model in one call. The model becomes a super network (`from_model`), the search
 learns which of its branches, widths and heads to keep under the budgets from the user's batches, and the found
-variant is fine-tuned and returned as a plain network with a report. These are the steps `bsnet search --model` takes
+variant, on the model's own weights (each split pair's channels of largest norm), is fine-tuned and returned as a
+plain network with a report. These are the steps `bsnet search --model` takes
 (`bsnet.pipeline.run_epochs`, `bsnet.outcome.finish`), on the user's batches instead of a data set. No files are
 written: save the variant as you like (`bsnet.export`), or use `bsnet.run_search` for a run directory with
 checkpoints, resume and the CLI's commands."""
@@ -63,7 +64,8 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         gate: str | Sequence[str] = "residual", leaf_modules: Sequence = (), width_groups: int = 1,
         progress: Progress = no_progress) -> tuple[nn.Module, FitReport]:
     """A variant of `model` within `budgets`, fine-tuned, as a plain network (a `torch.fx.GraphModule`), and its
-    report.
+    report. The search chooses the architecture; the variant starts from `model`'s weights, not the search's: where
+    a split pair keeps k channels they are its k of largest norm (`bsnet.width.keep_strongest`).
 
     Args:
         model: your (trained) model; it is left as it is (the search works on a copy).
@@ -77,7 +79,8 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
         epochs: search epochs over `train`; finetune_epochs: epochs of the found variant alone afterwards.
         lr: the weights' learning rate in both phases (a tenth of a from-scratch rate: the weights are trained).
         config: other search settings (`lr` overrides its own).
-        gate, leaf_modules, width_groups: as in `from_model` (`width_groups=4`: widths searched too).
+        gate, leaf_modules, width_groups: as in `from_model` (`width_groups=4`: widths searched too;
+            `gate="width"` with it: widths only, every residual branch kept).
         progress: `(label, total) -> advance(info)`, called for each epoch and the fine-tune (`bsnet.outcome.Progress`).
 
     Raises:
@@ -113,10 +116,15 @@ def fit(model: nn.Module, example_args: Any, example_kwargs: Mapping[str, Any] |
                             epochs=epochs, device=device)
     # The steps of `bsnet search`: its epoch loop and its ending (BatchNorm recalibrated, fine-tuned), on these batches.
     run = SearchRun(search, UserBatches(each, scored, steps), batch_size=0, seed=cfg.seed, device=device)
+    trained = copy.deepcopy(net.state_dict())
     t0 = time.perf_counter()
     history = run_epochs(run, epochs, progress=progress)
     t1 = time.perf_counter()
-    outcome = finish(run, finetune_epochs, lr=lr, progress=progress)
+    # The search chooses the architecture; the variant starts from the model's own weights, each split pair keeping
+    # its channels of largest norm. On the trained ResNet-20 of BENCHMARKS.md: about half a point above the search's
+    # weights where every branch is kept (gate="width"), a tie where branches are dropped.
+    net.load_state_dict(trained)
+    outcome = finish(run, finetune_epochs, lr=lr, progress=progress, strongest=True)
     arch = found_architecture(run, outcome, epochs=epochs)
     variant = export_module(outcome.network, outcome.mask).eval()
     report = FitReport(arch, arch.cost, arch.full_cost, outcome.metrics["val_acc_finetuned"]

@@ -17,7 +17,7 @@ from bsnet.data import batches
 from bsnet.projection import Found
 from bsnet.supernet import SuperNetwork
 from bsnet.train import accuracy, finetune, mean_iou, recalibrate_bn
-from bsnet.width import kept_widths
+from bsnet.width import keep_strongest, kept_widths
 
 if TYPE_CHECKING:
     from bsnet.pipeline import SearchRun
@@ -48,11 +48,13 @@ def _accuracy(run: SearchRun, net: SuperNetwork, mask: torch.Tensor, split: str)
 
 
 def tuned(run: SearchRun, mask: torch.Tensor, epochs: int, advance: Callable[[str], None] | None = None,
-          lr: float = 0.02) -> tuple[SuperNetwork, dict[str, float | None]]:
-    """A copy of the search weights for architecture `mask`: BatchNorm statistics recomputed for it, scored on
-    test and validation, then fine-tuned for `epochs` at `lr` (every candidate on the same batches) and scored
-    again."""
+          lr: float = 0.02, strongest: bool = False) -> tuple[SuperNetwork, dict[str, float | None]]:
+    """A copy of the network's weights for architecture `mask` (with `strongest`, each width split's strongest
+    channels moved into its live groups: `keep_strongest`): BatchNorm statistics recomputed for it, scored on test
+    and validation, then fine-tuned for `epochs` at `lr` (every candidate on the same batches) and scored again."""
     net = copy.deepcopy(run.net)
+    if strongest:
+        keep_strongest(net, mask)
     recalibrate_bn(net, lambda x: net(x, mask), run.batches(0, augment=False), run.device)
     scores = {"test": _accuracy(run, net, mask, "test"), "val": _accuracy(run, net, mask, "val")}
     if epochs > 0:
@@ -64,10 +66,10 @@ def tuned(run: SearchRun, mask: torch.Tensor, epochs: int, advance: Callable[[st
 
 
 def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature: float = 3.0,
-           progress: Progress = no_progress, lr: float = 0.02) -> Outcome:
+           progress: Progress = no_progress, lr: float = 0.02, strongest: bool = False) -> Outcome:
     """The found architecture (`select` > 1: the best on validation of it and `select` - 1 tempered samples of the
     gates, each fine-tuned for at least one epoch at `lr`), scored against the full super network on the same
-    weights.
+    weights; with `strongest`, each width split keeps its channels of largest norm (see `tuned`).
 
     Raises:
         BudgetError: no connected architecture meets every budget.
@@ -91,7 +93,7 @@ def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature
         candidates = search.candidates(select, temperature)
         for i, m in enumerate(candidates):
             advance = progress(f"candidate {i + 1}/{len(candidates)}", finetune_epochs * run.steps_per_epoch)
-            cand_net, cand_scores = tuned(run, m, finetune_epochs, advance, lr)
+            cand_net, cand_scores = tuned(run, m, finetune_epochs, advance, lr, strongest)
             selection.append({"kept": kept_names(m, net.gate_names), "val_acc": cand_scores["val_ft"],
                               "cost": dict(zip(run.cost_names, search.costs(m)))})
             if i == 0 or cand_scores["val_ft"] > selection[chosen]["val_acc"]:
@@ -99,7 +101,7 @@ def finish(run: SearchRun, finetune_epochs: int, *, select: int = 1, temperature
             del cand_net
     else:
         advance = progress("fine-tune", finetune_epochs * run.steps_per_epoch) if finetune_epochs else None
-        found_net, scores = tuned(run, mask, finetune_epochs, advance, lr)
+        found_net, scores = tuned(run, mask, finetune_epochs, advance, lr, strongest)
     ft_acc = scores.get("test_ft")
     metrics = {"test_acc": ft_acc if ft_acc is not None else scores["test"], "test_acc_search_weights": scores["test"],
                "val_acc_search_weights": scores["val"], "test_acc_finetuned": ft_acc,

@@ -179,6 +179,35 @@ def kept_widths(net: nn.Module, mask: torch.Tensor) -> dict[str, list[int]]:
     return out
 
 
+def keep_strongest(net: nn.Module, mask: torch.Tensor) -> None:
+    """Move each width split's channels of largest norm into its groups that are live under `mask`, in place.
+
+    A channel's norm is the L2 norm of every weight that belongs to it (its filter of the first layer with its bias,
+    its BatchNorm scale and shift, its depthwise filter, its slice of the second layer). Channels only change groups,
+    so the full network computes what it computed; under `mask` the kept channels are the strongest of the pair, as
+    a magnitude pruner keeps them. Splits of another kind (attention heads) are left as they are."""
+    live = dict(zip(net.graph.order, net.graph.live(mask).tolist()))
+    for split in net.graph.width_splits:
+        groups = [net.blocks[m] for m in split.groups]
+        on = [live[m] for m in split.groups]
+        if not all(type(g) is WidthGroup for g in groups) or all(on) or not any(on):
+            continue
+        pair = fuse_groups(groups)
+        last = len(pair) - 1
+        with torch.no_grad():
+            norm = sum(_per_channel(p.pow(2), 1 if i == last and p.dim() > 1 else 0)
+                       for i, m in enumerate(pair) for p in m.parameters(recurse=False))
+        strongest = norm.argsort(descending=True).tolist()
+        kept = sum(g.channels for g, o in zip(groups, on) if o)
+        pools = [sorted(strongest[:kept]), sorted(strongest[kept:])]  # each pool in the channels' own order
+        for g, o in zip(groups, on):
+            pool = pools[0 if o else 1]
+            idx, pool[:] = torch.tensor(pool[:g.channels], device=norm.device), pool[g.channels:]
+            for i, m in enumerate(pair):
+                if isinstance(m, (*_LAYERS, _BatchNorm)):
+                    g[i] = _sliced(m, idx, dim=1 if i == last else 0)
+
+
 def is_depthwise(m: nn.Module) -> bool:
     """A convolution of one input channel per output channel: it acts per channel, so it splits with them."""
     return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == m.in_channels == m.out_channels
@@ -200,9 +229,9 @@ def _set_width(layer: nn.Module, n: int, dim: int) -> None:
         setattr(layer, "out_channels" if dim == 0 else "in_channels", n)
 
 
-def _sliced(layer: nn.Module, sl: slice, dim: int) -> nn.Module:
-    """A copy of `layer` keeping channels `sl` of its output (dim 0) or input (dim 1); a second layer's bias is
-    dropped (it is added once, after the sum)."""
+def _sliced(layer: nn.Module, sl: slice | torch.Tensor, dim: int) -> nn.Module:
+    """A copy of `layer` keeping channels `sl` (a slice or indices) of its output (dim 0) or input (dim 1); a second
+    layer's bias is dropped (it is added once, after the sum)."""
     out = copy.deepcopy(layer)
     for name, p in list(layer.named_parameters(recurse=False)):
         if dim == 1 and name == "bias":
@@ -212,7 +241,7 @@ def _sliced(layer: nn.Module, sl: slice, dim: int) -> nn.Module:
     for name, b in layer.named_buffers(recurse=False):
         if b is not None and b.dim() > 0:  # per-channel statistics; a batch counter is copied as it is
             setattr(out, name, b[sl].clone())
-    _set_width(out, sl.stop - sl.start, dim)
+    _set_width(out, sl.stop - sl.start if isinstance(sl, slice) else len(sl), dim)
     if is_depthwise(layer):
         out.in_channels = out.groups = out.out_channels
     return out
@@ -229,6 +258,11 @@ def _concat(parts: Sequence[nn.Module], dim: int) -> nn.Module:
             setattr(out, name, torch.cat([getattr(m, name) for m in parts]))
     _set_width(out, sum(_width_of(m, dim) for m in parts), dim)
     return out
+
+
+def _per_channel(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sum of `t` over every dim but `dim`."""
+    return t.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1)
 
 
 def _width_of(m: nn.Module, dim: int) -> int:

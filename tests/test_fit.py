@@ -55,7 +55,8 @@ def test_fit_returns_a_fine_tuned_variant_within_the_budget_and_its_report(digit
 
 def test_fit_and_the_command_line_search_take_the_same_steps(tmp_path):
     """`run_search --model` and `fit` given the batches that run draws (`train(epoch)`: shuffled from the pass's
-    number as `bsnet search` does) give the same λ, gates, architecture and fine-tuned network: one code path."""
+    number as `bsnet search` does) give the same λ, gates and architecture: one code path (`fit`'s variant then starts
+    from the model's weights, the command's from the search's)."""
     data = load_dataset("digits", val_size=0.2, seed=0)
     assert data.augment is None  # so the BatchNorm passes (not augmented) are the same batches too
     config = RunConfig(dataset="digits", budget=["50%"], epochs=3, finetune_epochs=1, batch_size=64, val_size=0.2,
@@ -77,9 +78,28 @@ def test_fit_and_the_command_line_search_take_the_same_steps(tmp_path):
     assert report.architecture.gates == pytest.approx(arch.gates, abs=1e-5)
     assert any(abs(p - arch.gates["layer1.0"]) > 1e-3 for p in arch.gates.values())  # the gates moved apart
     assert report.architecture.kept == arch.kept and report.cost == pytest.approx(arch.cost)
-    x = next(batches(data.test, 256))[0]
-    with torch.no_grad():
-        assert torch.allclose(variant(x), bsnet.load(run_dir, model)(x), atol=1e-4)
+
+
+def test_the_variant_starts_from_the_models_weights_with_each_pairs_strongest_channels(digits):
+    train, _ = digits
+    torch.manual_seed(0)
+    model = digits_cnn()
+    variant, report = bsnet.fit(model, torch.randn(2, 1, 8, 8), budgets=["30%"], train=train, epochs=1,
+                                finetune_epochs=0, width_groups=2)
+    assert torch.equal(variant.get_submodule("input.conv1").weight, model.conv1.weight)  # not the search's weights
+    thinned = 0
+    for name, pair in variant.named_children():
+        if not name.endswith("_width"):
+            continue
+        first, second = pair.get_submodule("0"), pair.get_submodule("3")
+        block = model.get_submodule(name.removesuffix("_width").replace("_", "."))
+        norm = (block.conv1.weight.pow(2).sum((1, 2, 3)) + block.bn1.weight.pow(2) + block.bn1.bias.pow(2)
+                + block.conv2.weight.pow(2).sum((0, 2, 3)))
+        strongest = norm.topk(first.out_channels).indices.sort().values
+        assert torch.equal(first.weight, block.conv1.weight[strongest])
+        assert torch.equal(second.weight, block.conv2.weight[:, strongest])
+        thinned += first.out_channels < block.conv1.out_channels
+    assert thinned, report.architecture.widths  # a pair kept part of its channels: the strongest
 
 
 def test_fit_refuses_a_one_shot_iterator_and_bad_epochs(digits):

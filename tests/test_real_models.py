@@ -17,6 +17,7 @@ from bsnet.export.onnx import export_onnx
 from bsnet.from_model import from_model
 from bsnet.inputs import split
 from bsnet.search import BudgetedSearch
+from bsnet.width import kept_widths
 from tests.test_from_model import BasicBlock
 
 transformers = pytest.importorskip("transformers")
@@ -408,6 +409,30 @@ def test_width_groups_are_refused_where_they_cannot_split():
     with pytest.raises(ValueError, match="width_groups must be an integer >= 1"):
         from_model(ResNet50(), images(), width_groups=0)
 
+
+@pytest.mark.parametrize("name", ["resnet18", "hf-vit"])
+def test_gate_width_keeps_every_branch_at_one_group_at_least(name, tmp_path):
+    torch.manual_seed(0)
+    factory, make_inputs = width_families()[name]
+    model, x = randomised(factory()), make_inputs(3)
+    net = (from_model(model, (), x, width_groups=4, gate="width") if isinstance(x, dict) else
+           from_model(model, x, width_groups=4, gate="width")).eval()
+    splits = net.graph.width_splits
+    assert net.config["gate"] == "width" and splits
+    assert net.gate_names == [f"{s.name.rpartition('.')[0]}.{s.name.rpartition('.')[2][0]}{j}"
+                              for s in splits for j in range(1, len(s.groups))]  # no branch gates, no first groups
+    none = torch.zeros(net.num_gates)
+    assert all(kept == total // len(s.groups) for s, (kept, total) in zip(splits, kept_widths(net, none).values()))
+    plain = export_module(net, none).eval()
+    with torch.no_grad():
+        assert (net(x, net.full_mask()) - predict(model, x)).abs().max() <= 1e-5
+        assert (plain(x) - net(x, none)).abs().max() <= 1e-5
+    arch = bsnet.Architecture(None, net.config, dict.fromkeys(net.gate_names, 0.5), [])
+    save_weights(plain, arch, tmp_path / "variant.safetensors")  # rebuilt from the model with gate="width"
+    with torch.no_grad():
+        assert (bsnet.load(tmp_path / "variant.safetensors", supernet=model)(x) - plain(x)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match=r"gate='width' gates only the width groups: it needs width_groups > 1"):
+        from_model(width_families()["resnet18"][0](), images(), gate="width")
 
 class FixedHeadsLayer(nn.Module):
     """A pre-norm transformer layer whose attention code fixes its head count (4) instead of reading it from the

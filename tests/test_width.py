@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bsnet import FlopsCost, Graph, ParallelCost, ParamsCost, SuperNetwork, create_supernet
 from bsnet.fabrics.resnet_fabric import resnet_mask
-from bsnet.width import Bias, WidthGroup, fuse_groups, fused_forward, split_layer_pair
+from bsnet.width import Bias, WidthGroup, fuse_groups, fused_forward, keep_strongest, split_layer_pair
 
 SMALL = dict(blocks=2, channels=[4, 8, 8], image_size=8, shift="slr")
 
@@ -254,6 +254,32 @@ def test_fuse_groups_is_the_plain_narrower_pair():
     with torch.no_grad():
         assert torch.allclose(plain(x), fused_forward(groups, x), atol=1e-6)
 
+
+
+def channel_norms(pair: nn.Sequential) -> torch.Tensor:
+    """Each hidden channel's squared L2 norm over the pair: first filter and bias, BatchNorm, second layer's slice."""
+    first, bn, second = pair[0], pair[1], pair[-1]
+    return (first.weight.pow(2).flatten(1).sum(1) + first.bias.pow(2) + bn.weight.pow(2) + bn.bias.pow(2)
+            + second.weight.pow(2).transpose(0, 1).flatten(1).sum(1))
+
+
+def test_keep_strongest_moves_the_strongest_channels_into_the_live_groups():
+    net, _, _ = pair_network()
+    net.eval()
+    names = [f"W-{j}" for j in range(4)]
+    full = fuse_groups([net.blocks[n] for n in names])
+    norms = channel_norms(full).detach()
+    mask = torch.tensor([1.0 if n in ("W-1", "W-2") else 0.0 for n in net.gate_names])
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        before = net(x, net.full_mask())
+        keep_strongest(net, mask)
+        after = net(x, net.full_mask())
+    assert torch.allclose(before, after, atol=1e-5)  # channels only moved between groups
+    kept = channel_norms(fuse_groups([net.blocks["W-1"], net.blocks["W-2"]])).detach()
+    assert torch.allclose(kept.sort().values, norms.sort().values[-8:])
+    plain = fuse_groups([net.blocks[n] for n in names])
+    assert torch.allclose(plain[1].running_mean.sort().values, full[1].running_mean.sort().values)
 
 # ---- costs --------------------------------------------------------------------------------------------------
 def test_costs_match_the_flop_counter_on_the_live_forward():

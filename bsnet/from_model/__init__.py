@@ -22,6 +22,10 @@ With `gate=["layer1.0", ...]` the named modules (which must keep their input's s
 optional: the module's node computes `module(x) - x` and feeds the join through a gated edge, beside a fixed
 identity edge, so the join's sum is `module(x)` when kept and `x` when dropped.
 
+With `gate="width"` (and `width_groups` > 1) the branches are found as for `"residual"` but their edges into the
+join carry no gate, nor does each split's first group: only the other width groups are gated, so a variant keeps
+every branch, at one group at least.
+
 The node modules are `torch.fx.GraphModule`s over the model's own submodules and parameters (shared, not
 copied): the super network starts from the trained weights, and training it trains the model. Pass
 `copy.deepcopy(model)` to keep the original untouched. Width groups and attention heads are the exception: they hold

@@ -32,10 +32,10 @@ class Block:
 
 # ---- the gate argument ------------------------------------------------------------------------------
 def gate_names(model: nn.Module, gate: str | Sequence[str]) -> list[str]:
-    """The modules `gate` names, checked; [] for `"residual"`."""
+    """The modules `gate` names, checked; [] for `"residual"` and `"width"`."""
     if isinstance(gate, str):
-        if gate != "residual":
-            raise ValueError(f"gate must be 'residual' or a list of module names, not {gate!r} "
+        if gate not in ("residual", "width"):
+            raise ValueError(f"gate must be 'residual', 'width' or a list of module names, not {gate!r} "
                              f"(to gate one module, pass gate=[{gate!r}])")
         return []
     names = list(gate)

@@ -55,8 +55,10 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
         example_args: one batch of inputs: a tensor, or a tuple of `forward`'s positional arguments.
         example_kwargs: `forward`'s keyword arguments (`input_ids=..., attention_mask=...`); tensors are inputs,
             anything else keeps its example value.
-        gate: `"residual"` gates every residual branch; a list of qualified module names gates those modules
-            (each must return a tensor shaped like its input; dropping it makes it the identity).
+        gate: `"residual"` gates every residual branch; `"width"` (with `width_groups` > 1) gates only the width
+            groups, every branch keeping its first group (depth kept, widths searched); a list of qualified module
+            names gates those modules (each must return a tensor shaped like its input; dropping it makes it the
+            identity).
         leaf_modules: modules traced as single operations by torch.fx: classes, instances, submodule paths
             (`"body.1"`) or class names (`"Flip"` or `"pkg.layers.Flip"`).
         width_groups: 1, no width gates; N > 1: in each residual branch, the first layer pair whose hidden
@@ -71,8 +73,10 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
     """
     if not isinstance(width_groups, int) or width_groups < 1:
         raise ValueError(f"width_groups must be an integer >= 1, got {width_groups!r}")
-    if width_groups > 1 and not (isinstance(gate, str) and gate == "residual"):
+    if width_groups > 1 and not (isinstance(gate, str) and gate in ("residual", "width")):
         raise ValueError("width groups split the residual branches: use gate='residual' with width_groups > 1")
+    if gate == "width" and width_groups < 2:
+        raise ValueError("gate='width' gates only the width groups: it needs width_groups > 1")
     args = tuple(example_args) if isinstance(example_args, (tuple, list)) else (example_args,)
     inputs, fixed = bind(model, args, example_kwargs or {})
     names = gate_names(model, gate)
@@ -111,7 +115,7 @@ def from_model(model: nn.Module, example_args: Any, example_kwargs: Mapping[str,
             name_branches(model, blocks)
         shape = tuple(next(iter(inputs.values())).shape[1:] if isinstance(inputs, dict) else inputs.shape[1:])
         config = {"from_model": type(model).__qualname__, "input_shape": list(shape),
-                  "gate": list(names) if names else "residual", "leaf_modules": leaves_record(model, leaves)}
+                  "gate": list(names) if names else gate, "leaf_modules": leaves_record(model, leaves)}
         if isinstance(inputs, dict):
             config["inputs"] = {k: [d, list(s)] for k, (d, s) in spec_of(inputs).items()}
         pairs: dict[int, Pair | Attention] = {}
@@ -207,23 +211,23 @@ def _fixed_heads(net: SuperNetwork, inputs: Inputs) -> list[str]:
     net.eval()
     fixed = []
     for split in net.graph.width_splits:
-        first = net.blocks[split.groups[0]]
-        if not isinstance(first, HeadGroup):
+        head = net.blocks[split.groups[-1]]  # the last: with gate="width" the first head has no gate
+        if not isinstance(head, HeadGroup):
             continue
         mask = net.full_mask()
-        mask[net.graph.in_edges(split.groups[0])[0].gate] = 0
+        mask[net.graph.in_edges(split.groups[-1])[0].gate] = 0
         with torch.no_grad():
             try:
                 dropped = net(inputs, mask)
             except Exception:  # noqa: BLE001 - a program of fixed head count may fail on fewer heads
                 fixed.append(split.name.removesuffix(".heads"))
                 continue
-            saved = first.o_w.detach().clone()
-            first.o_w.zero_()
+            saved = head.o_w.detach().clone()
+            head.o_w.zero_()
             try:
                 zeroed = net(inputs, net.full_mask())
             finally:
-                first.o_w.copy_(saved)
+                head.o_w.copy_(saved)
         if not torch.allclose(dropped, zeroed, atol=1e-5):
             fixed.append(split.name.removesuffix(".heads"))
     return fixed
@@ -231,10 +235,10 @@ def _fixed_heads(net: SuperNetwork, inputs: Inputs) -> list[str]:
 
 def _add_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Block, base: str, prev: str,
                taken: set[str], *, pre: list[fx.Node], pre_out: fx.Node, groups: list[nn.Module], tail: nn.Module,
-               post: list[fx.Node], post_in: fx.Node, kind: str) -> None:
-    """Branch `b` as `prev` -> [its code `pre` up to `pre_out`] -> `groups` (each gated `<b>.<kind[0]><j>`, declared
-    as the split `<b>.<kind>`) -> `base`, which runs `tail` (the bias left out of the groups) on their sum and then
-    the branch's code `post` from `post_in` on."""
+               post: list[fx.Node], post_in: fx.Node, kind: str, keep_first: bool) -> None:
+    """Branch `b` as `prev` -> [its code `pre` up to `pre_out`] -> `groups` (each gated `<b>.<kind[0]><j>`, but the
+    first where `keep_first`; declared as the split `<b>.<kind>`) -> `base`, which runs `tail` (the bias left out of
+    the groups) on their sum and then the branch's code `post` from `post_in` on."""
     source = prev
     if pre:
         source = node_name(f"{b.name}_in", taken)
@@ -249,7 +253,7 @@ def _add_split(g: Graph, modules: dict[str, nn.Module], root: nn.Module, b: Bloc
         node = node_name(gate, taken)
         g.add_node(node)
         modules[node] = group
-        g.add_edge(source, node, gate=gate)
+        g.add_edge(source, node, gate=None if keep_first and j == 0 else gate)
         g.add_edge(node, base)
         names.append(node)
     g.add_width_split(f"{b.name}.{kind}", names)
@@ -262,6 +266,7 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
     holds the program's nodes from `first` on (before it: the torch.fx program's input); `root` owns what they
     read."""
     context = set() if program is None else program.context
+    widths_only = config["gate"] == "width"  # every branch kept, at one group at least
     taken: set[str] = set()
     g = Graph(input="input", output="")
     modules: dict[str, nn.Module] = {}
@@ -279,14 +284,15 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
             sources[f"{b.name}.heads"] = split.sources
             _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.x, groups=heads,
                        tail=nn.Identity() if o_b is None else Bias(o_b, last=True), post=split.post,
-                       post_in=split.out, kind="heads")
+                       post_in=split.out, kind="heads", keep_first=widths_only)
         elif split is not None:  # the pair's width groups; its second layer's bias where they are summed
             groups, bias = split_layer_pair(split.layers, config["width_groups"], b.name)
             (first_w, first_b), (second_w, second_b) = layer_sources(split.layers[0]), layer_sources(split.layers[-1])
             sources[f"{b.name}.width"] = {"first_w": first_w, "first_b": first_b, "second_w": second_w,
                                           "second_b": second_b}
             _add_split(g, modules, root, b, base, prev, taken, pre=split.pre, pre_out=split.first.args[0],
-                       groups=groups, tail=bias, post=split.post, post_in=split.second, kind="width")
+                       groups=groups, tail=bias, post=split.post, post_in=split.second, kind="width",
+                       keep_first=widths_only)
         elif b.module is not None:
             modules[base] = Increment(model.get_submodule(b.module))
             g.add_edge(prev, base)
@@ -301,7 +307,7 @@ def _build(root: nn.Module, order: list[fx.Node], first: int, blocks: list[Block
             g.add_edge(prev, skip)
         join = node_name(f"{b.name}_add", taken)
         g.add_node(join)
-        g.add_edge(base, join, gate=b.name)
+        g.add_edge(base, join, gate=None if widths_only else b.name)
         g.add_edge(skip, join)
         last = i + 1 == len(blocks)
         stop = len(order) - 1 if last else blocks[i + 1].start + 1
